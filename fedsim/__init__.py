@@ -1,0 +1,33 @@
+"""fedsim: simulate federated fine-tuning of LLMs (LoRA via peft) with virtual clients on a Ray actor pool.
+
+    import fedsim
+    result = fedsim.run("scenarios/quickstart.yaml", overrides={"server.rounds": 5}, out="runs/qs")
+    result.summary["final_eval_loss"], result.rounds[-1], result.run_dir
+
+Heavy libraries (torch, transformers, peft, ray) load only when a run needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from fedsim.runtime.engine import RunResult
+    from fedsim.scenario.schema import Scenario
+
+
+def run(scenario, overrides: dict[str, Any] | list[str] | None = None, out=None, overwrite: bool = False,
+        quiet: bool = False) -> RunResult:
+    """Run a scenario (path, dict or Scenario) in train mode; returns summary, per-round records, run dir."""
+    from fedsim.runtime.engine import run as _run
+
+    return _run(scenario, overrides, out, overwrite=overwrite, quiet=quiet)
+
+
+def validate(scenario, overrides: dict[str, Any] | list[str] | None = None) -> Scenario:
+    """Load and check a scenario without running it; raises fedsim.errors.ConfigError naming the bad key."""
+    from fedsim.scenario import load
+
+    return load(scenario, overrides)

@@ -1,0 +1,65 @@
+"""FLOPs of one local training step (Kaplan et al. 2020 counting; Narayanan et al. 2021 for attention).
+
+Per trained token, with N_mm the parameters that take part in matrix multiplies (every linear layer including
+the LM head; not the input embedding lookup), N_p the PEFT parameters, and A = 4 * L * s * d_attn the
+attention score/value matmuls (QK^T and AV, each 2*s*d_attn per token per layer, counted over the full square
+as dense kernels compute it):
+
+- forward: 2*N_mm + 2*N_p + A
+- backward, frozen base (PEFT): activation gradients through every layer 2*N_mm + 2*A, PEFT input and weight
+  gradients 4*N_p -- the base weight-gradient pass (another 2*N_mm) is skipped;
+- backward, full fine-tuning: 4*N_mm + 2*A;
+- activation checkpointing recomputes one forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the cost models need to know about a (PEFT-wrapped) causal LM; see `fedsim.models.shapes`."""
+
+    n_params: int  # all base parameters (tied weights counted once)
+    n_matmul: int  # parameters of every linear layer incl. the LM head (tied or not)
+    n_embedding: int  # input embedding parameters
+    n_quantizable: int  # linear-layer parameters excluding the LM head (what int8/nf4 quantizes)
+    n_trainable: int  # PEFT parameters (what clients train and send)
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    vocab_size: int
+
+
+def attention_flops_per_token(shape: ModelShape, seq_len: int) -> float:
+    """A = 4 * L * s * d_attn: QK^T and AV forward FLOPs per token over all layers."""
+    return 4.0 * shape.num_layers * seq_len * shape.num_heads * shape.head_dim
+
+
+def forward_flops_per_token(shape: ModelShape, seq_len: int, peft: bool = True) -> float:
+    """2*N_mm (+ 2*N_p with PEFT) + attention."""
+    return 2.0 * shape.n_matmul + (2.0 * shape.n_trainable if peft else 0.0) + attention_flops_per_token(shape, seq_len)
+
+
+def train_flops_per_token(shape: ModelShape, seq_len: int, peft: bool = True, checkpointing: bool = False) -> float:
+    """Forward + backward (+ recomputed forward) FLOPs per trained token."""
+    attn = attention_flops_per_token(shape, seq_len)
+    if peft:
+        total = 4.0 * shape.n_matmul + 6.0 * shape.n_trainable + 3.0 * attn
+    else:
+        total = 6.0 * shape.n_matmul + 3.0 * attn
+    if checkpointing:
+        total += forward_flops_per_token(shape, seq_len, peft)
+    return total
+
+
+def step_flops(shape: ModelShape, batch_size: int, seq_len: int, peft: bool = True, checkpointing: bool = False) -> float:
+    """FLOPs of one optimizer step on batch_size sequences of seq_len tokens."""
+    return batch_size * seq_len * train_flops_per_token(shape, seq_len, peft, checkpointing)
+
+
+def compute_time_s(flops: float, effective_flops_per_s):
+    """Seconds to do `flops` on a device sustaining `effective_flops_per_s` (peak x efficiency x speed)."""
+    return flops / effective_flops_per_s

@@ -1,0 +1,93 @@
+"""One run's cost profile: the per-client work (FLOPs, bytes, memory) and how a cohort's phases cost.
+
+Built once per run from the model shape, the scenario and the catalog; the schedule asks it for the
+per-phase durations of a cohort and for the bytes and joules of whatever part of those phases was done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedsim.costs import comm, compute, energy, memory
+from fedsim.costs.compute import ModelShape
+from fedsim.population import MBIT, Population
+from fedsim.scenario.schema import Scenario
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """Per-round work of one client and the energy coefficients of each network class."""
+
+    shape: ModelShape
+    flops_per_client: float  # local_steps optimizer steps
+    bytes_down: float  # global adapter
+    bytes_up: float  # client update
+    memory_breakdown: dict[str, float]
+    alpha_up: np.ndarray  # mW per Mbit/s, by network code
+    alpha_down: np.ndarray
+    beta: np.ndarray  # mW
+    grid_gco2_per_kwh: float
+
+    @property
+    def memory_bytes(self) -> float:
+        """Peak training memory of one client."""
+        return float(sum(self.memory_breakdown.values()))
+
+
+def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Population) -> CostProfile:
+    """Combine shape, training config and catalog into the run's cost profile."""
+    t = s.training
+    step = compute.step_flops(shape, t.batch_size, t.seq_len, peft=True, checkpointing=t.gradient_checkpointing)
+    payload = comm.payload_bytes(shape.n_trainable, s.costs.transmit_dtype)
+    nets = [cat["networks"][n] for n in pop.network_names]
+    return CostProfile(
+        shape=shape,
+        flops_per_client=step * t.local_steps,
+        bytes_down=payload,
+        bytes_up=payload,
+        memory_breakdown=memory.memory_breakdown(
+            shape, t.batch_size, t.seq_len, s.model.dtype, s.model.quantization, t.optimizer,
+            t.gradient_checkpointing, float(cat["runtime_overhead_bytes"]),
+        ),
+        alpha_up=np.array([n["alpha_up_mw_per_mbps"] for n in nets], dtype=float),
+        alpha_down=np.array([n["alpha_down_mw_per_mbps"] for n in nets], dtype=float),
+        beta=np.array([n["beta_mw"] for n in nets], dtype=float),
+        grid_gco2_per_kwh=float(
+            s.costs.grid_gco2_per_kwh if s.costs.grid_gco2_per_kwh is not None else cat["energy"]["grid_gco2_per_kwh"]
+        ),
+    )
+
+
+def phase_times(p: CostProfile, pop: Population, ids: np.ndarray, jitter: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(t_download, t_compute, t_upload, eligible) of clients `ids` if each ran its phases to the end."""
+    t_down = comm.transfer_time_s(p.bytes_down, pop.down_bps[ids], pop.latency_s[ids])
+    t_comp = compute.compute_time_s(p.flops_per_client, pop.flops[ids]) * jitter
+    t_up = comm.transfer_time_s(p.bytes_up, pop.up_bps[ids], pop.latency_s[ids])
+    eligible = pop.memory_bytes[ids] >= p.memory_bytes
+    return t_down, t_comp, t_up, eligible
+
+
+def _fraction_sent(done: np.ndarray, full: np.ndarray, latency: np.ndarray) -> np.ndarray:
+    """Share of a transfer's bytes that went out in `done` of its `full` seconds (latency first, no bytes)."""
+    span = np.maximum(full - latency, 1e-12)
+    return np.clip((done - latency) / span, 0.0, 1.0)
+
+
+def phase_costs(
+    p: CostProfile, pop: Population, ids: np.ndarray, full: tuple[np.ndarray, ...], done: tuple[np.ndarray, ...]
+) -> dict[str, np.ndarray]:
+    """Bytes and joules of the `done` seconds of each phase (download, compute, upload) of clients `ids`."""
+    (f_down, _, f_up), (d_down, d_comp, d_up) = full, done
+    lat, net = pop.latency_s[ids], pop.network[ids]
+    bytes_down = p.bytes_down * _fraction_sent(d_down, f_down, lat) * (f_down > 0)
+    bytes_up = p.bytes_up * _fraction_sent(d_up, f_up, lat) * (f_up > 0)
+    thr_down = pop.down_bps[ids] / MBIT
+    thr_up = pop.up_bps[ids] / MBIT
+    e_radio = energy.radio_energy_j(p.alpha_down[net], p.beta[net], thr_down, d_down) + energy.radio_energy_j(
+        p.alpha_up[net], p.beta[net], thr_up, d_up
+    )
+    e_comp = energy.compute_energy_j(pop.power_busy_w[ids], d_comp)
+    return {"bytes_down": bytes_down, "bytes_up": bytes_up, "energy_j": e_comp + e_radio}

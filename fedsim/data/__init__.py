@@ -1,0 +1,1 @@
+"""Data: the offline synthetic instruction corpus, client partitions, tokenization (once, cached)."""

@@ -1,0 +1,1 @@
+"""Metrics: the cost ledger (JSONL, Parquet, TensorBoard), console output."""

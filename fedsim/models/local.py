@@ -1,0 +1,109 @@
+"""The local step: one base model with a LoRA adapter whose weights are swapped per client.
+
+Used by the Ray worker actor and, unchanged, by the bare-loop benchmark, so both do exactly the same work.
+Adapter state travels as {parameter name: float32 numpy array}; a client returns its delta (local - global).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsim.rng import seed_int, stream
+from fedsim.scenario.schema import PeftConfig, TrainingConfig
+
+_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+@dataclass
+class LocalModel:
+    """A PEFT-wrapped model plus its trainable parameters in a fixed (name-sorted) order."""
+
+    model: object
+    names: list[str]
+    params: list  # torch.nn.Parameter, same order as names
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Current adapter weights as float32 numpy arrays."""
+        return {n: p.detach().float().numpy().copy() for n, p in zip(self.names, self.params)}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Load adapter weights (in place, no re-allocation)."""
+        import torch
+
+        with torch.no_grad():
+            for n, p in zip(self.names, self.params):
+                p.copy_(torch.from_numpy(np.array(state[n], dtype=np.float32)))  # a copy: object-store arrays are read-only
+
+
+def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32", checkpointing: bool = False) -> LocalModel:
+    """Load the base model ONCE and wrap it with the scenario's LoRA config (adapter initialised by peft)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from fedsim.models.shapes import lora_config
+
+    torch.manual_seed(0)  # peft's LoRA A init: the same initial global adapter in every process
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, _TORCH_DTYPES[dtype]))
+    if checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(base, lora_config(peft_cfg))
+    named = sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    return LocalModel(model, [n for n, _ in named], [p for _, p in named])
+
+
+def train_client(
+    lm: LocalModel, global_state: dict[str, np.ndarray], input_ids: np.ndarray, labels: np.ndarray,
+    rows: np.ndarray, cfg: TrainingConfig, seed: int, rnd: int, client: int,
+) -> tuple[dict[str, np.ndarray], float]:
+    """Run cfg.local_steps optimizer steps from `global_state` on the client's rows; return (delta, mean loss).
+
+    Batches come from the client's own seeded stream (seed, "data", round, client): the same client in the
+    same round sees the same batches on any worker.
+    """
+    import torch
+
+    torch.manual_seed(seed_int(seed, "torch", rnd, client))
+    lm.set_state(global_state)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.SGD
+    opt = opt_cls(lm.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = stream(seed, "data", rnd, client)
+    need = cfg.local_steps * cfg.batch_size
+    order = np.concatenate([rng.permutation(rows) for _ in range(-(-need // len(rows)))])[:need]
+    lm.model.train()
+    losses = []
+    for step in range(cfg.local_steps):
+        idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
+        ids = torch.from_numpy(input_ids[idx]).long()
+        lab = torch.from_numpy(labels[idx]).long()
+        loss = lm.model(input_ids=ids, labels=lab).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    new = lm.get_state()
+    delta = {k: new[k] - np.asarray(global_state[k], dtype=np.float32) for k in new}
+    return delta, float(np.mean(losses))
+
+
+def evaluate(lm: LocalModel, state: dict[str, np.ndarray], input_ids: np.ndarray, labels: np.ndarray, batch: int = 64) -> float:
+    """Mean per-token loss on the response tokens of the eval set (token-weighted over batches).
+
+    Sequences are right-padded and attention is causal, so padding never reaches a real token: no mask needed.
+    """
+    import torch
+
+    lm.set_state(state)
+    lm.model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(input_ids), batch):
+            ids = torch.from_numpy(input_ids[i : i + batch]).long()
+            lab = torch.from_numpy(labels[i : i + batch]).long()
+            n = int((lab[:, 1:] != -100).sum())
+            loss = lm.model(input_ids=ids, labels=lab).loss
+            total += float(loss) * n
+            count += n
+    return total / max(count, 1)

@@ -1,0 +1,1 @@
+"""Physical plane: the only package that touches Ray (worker pool, aggregator actor, engine)."""

@@ -1,0 +1,131 @@
+"""The engine: scenario -> run directory. Virtual plane (clock, schedule, costs) decides; the pool trains.
+
+`run()` sets up once (population, cost profile, base model, data, Ray actors), then loops over rounds:
+plan the round on the virtual clock, train only the clients that will count, aggregate, evaluate when due,
+record. Everything a round costs is in the ledger; wall time is measured apart from virtual time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedsim import catalog, population
+from fedsim.clock import Clock
+from fedsim.costs.profile import build_profile
+from fedsim.errors import ConfigError
+from fedsim.metrics.console import RunConsole
+from fedsim.metrics.records import client_columns, round_row, summarize
+from fedsim.scenario import Scenario, dump, load
+from fedsim.schedule import plan_round
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `fedsim.run` returns: the summary, every round's record, and where the files are."""
+
+    summary: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    run_dir: Path
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
+    """Create the run directory; refuse to touch a non-empty one unless told to overwrite it."""
+    path = Path(out)
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise ConfigError("--out", f"{path} exists and is not empty (choose another directory or --overwrite)")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _setup(s: Scenario, run_dir: Path, con: RunConsole):
+    from fedsim.runtime.cluster import quiet_libraries
+
+    quiet_libraries()
+    from transformers import AutoTokenizer
+
+    from fedsim.data.prepare import prepare
+    from fedsim.models.base import ensure_base_model
+    from fedsim.models.shapes import model_shape
+    from fedsim.runtime.cluster import init_ray, load_cluster, pool_size
+    from fedsim.runtime.pool import Pool
+
+    cat = catalog.load(s.population.catalog)
+    pop = population.sample(s.population, cat, s.seed)
+    model_dir = ensure_base_model(s.model, log=con.log)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = prepare(s.data, s.population.num_clients, s.seed, tokenizer, s.training.seq_len, str(model_dir))
+    if data.reuse > 1:
+        con.log(f"[yellow]data.source has fewer rows than the clients ask for: rows reused up to {data.reuse:.1f}x")
+    shape = model_shape(s.model.cost_as or str(model_dir), s.peft)
+    profile = build_profile(s, shape, cat, pop)
+    spec = load_cluster(s.runtime.cluster)
+    ray = init_ray(spec)
+    n = pool_size(ray, spec, s.runtime)
+    con.log(f"{s.population.num_clients} virtual clients on {n} worker actor(s); base model {model_dir.name}")
+    pool = Pool(ray, n, spec, dump(s), str(model_dir), data, str(run_dir))
+    return pop, profile, data, pool, n
+
+
+def run(
+    scenario: str | Path | dict | Scenario,
+    overrides: list[str] | dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> RunResult:
+    """Run a scenario in train mode and write its run directory (see README: outputs)."""
+    t0 = time.perf_counter()
+    s = scenario if isinstance(scenario, Scenario) else load(scenario, overrides)
+    run_dir = prepare_run_dir(out or Path("runs") / s.name, overwrite)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dump(s), sort_keys=False))
+    con = RunConsole(quiet)
+    pop, profile, data, pool, n_workers = _setup(s, run_dir, con)
+    try:
+        initial_eval = pool.evaluate()
+        startup_s = time.perf_counter() - t0
+        clock, rows = Clock(), []
+        con.start(s.server.rounds)
+        for rnd in range(1, s.server.rounds + 1):
+            t_round = time.perf_counter()
+            plan = plan_round(s, pop, profile, clock, rnd)
+            tasks = [(int(c), data.client_rows(c), int(data.sizes[c])) for c in plan.to_train]
+            stats = pool.train_round(rnd, tasks)
+            due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
+            eval_loss = pool.evaluate() if due else None
+            row = round_row(plan, stats, eval_loss, time.perf_counter() - t_round, profile.grid_gco2_per_kwh)
+            pool.record(row, client_columns(plan, pop, data.sizes, stats["client_losses"]))
+            rows.append(row)
+            con.update(row)
+        _write_adapter(run_dir / "adapter", pool.export_adapter())
+    finally:
+        pool.close()
+    shape = profile.shape
+    summary = summarize(rows, initial_eval, {
+        "wall_time_s": time.perf_counter() - t0,
+        "startup_s": startup_s,
+        "num_workers": n_workers,
+        "model_params": shape.n_params,
+        "trainable_params": shape.n_trainable,
+        "adapter_bytes": profile.bytes_up,
+        "memory_bytes": profile.memory_bytes,
+        "flops_per_client_round": profile.flops_per_client,
+    })
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    con.finish(summary, str(run_dir))
+    return RunResult(summary, rows, run_dir)
+
+
+def _write_adapter(path: Path, files: dict[str, bytes]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, blob in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(blob)

@@ -1,0 +1,171 @@
+"""Scenario schema: typed, frozen config objects with their ranges.
+
+Every section is a frozen pydantic dataclass with `extra="forbid"`, so an unknown key, a wrong type or an
+out-of-range value fails at load time with the key path (see `fedsim.scenario.load`). Defaults are what a
+user gets by leaving a key out; `config.yaml` in every run directory holds the fully resolved values.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
+
+_CFG = ConfigDict(extra="forbid")
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Prob = Annotated[float, Field(ge=0, le=1)]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True, config=_CFG)
+class ModelConfig:
+    """Base model: a catalog name (see `fedsim/catalog/models.json`) or a local Hugging Face model directory."""
+
+    name: str = "fedsim-tiny-llama"
+    dtype: Dtype = "float32"
+    quantization: Literal["none", "int8", "nf4"] = "none"
+    # Book virtual costs as if the base were this (larger) catalog model or config, while the trained proxy
+    # stays `name` (FedScale-style). None: costs of `name` itself.
+    cost_as: str | None = None
+    pretrain_steps: NonNegInt = 300  # only for fedsim-tiny-llama: central pre-training before federation
+
+
+@dataclass(frozen=True, config=_CFG)
+class PeftConfig:
+    """PEFT method applied with `peft` (Hu et al. 2021, LoRA)."""
+
+    method: Literal["lora"] = "lora"
+    r: PosInt = 8
+    alpha: PosFloat = 16.0
+    dropout: Prob = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True, config=_CFG)
+class SamplesPerClient:
+    """Client dataset sizes: lognormal with this mean and log-space sigma, clipped to [min, max]."""
+
+    mean: PosFloat = 24.0
+    sigma: NonNegFloat = 0.5
+    min: PosInt = 4
+    max: PosInt = 512
+
+
+@dataclass(frozen=True, config=_CFG)
+class DataConfig:
+    """Where samples come from and how they are partitioned across clients."""
+
+    source: str = "synthetic"  # "synthetic" | a .json/.jsonl/.parquet file | a hub dataset name (online only)
+    split: str = "train"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    label_field: str = "task"  # the column a Dirichlet partition skews over
+    partition: Literal["iid", "dirichlet"] = "dirichlet"
+    dirichlet_alpha: PosFloat = 0.5
+    samples_per_client: SamplesPerClient = Field(default_factory=SamplesPerClient)
+    eval_samples: PosInt = 256
+
+
+@dataclass(frozen=True, config=_CFG)
+class TrainingConfig:
+    """The local step every trained client runs."""
+
+    local_steps: PosInt = 5
+    batch_size: PosInt = 8
+    seq_len: Annotated[int, Field(ge=8)] = 48
+    lr: PosFloat = 3e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: NonNegFloat = 0.0
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True, config=_CFG)
+class PopulationConfig:
+    """Virtual clients as data: mixtures over the catalog's device and network classes."""
+
+    num_clients: PosInt = 1000
+    devices: dict[str, NonNegFloat] = Field(
+        default_factory=lambda: {"phone-budget": 0.3, "phone-flagship": 0.3, "laptop": 0.3, "gpu-workstation": 0.1}
+    )
+    networks: dict[str, NonNegFloat] | None = None  # None: each device class's own mixture from the catalog
+    compute_sigma: NonNegFloat = 0.3  # lognormal spread of speed within a device class
+    bandwidth_sigma: NonNegFloat = 0.5  # lognormal spread of bandwidth within a network class
+    round_jitter_sigma: NonNegFloat = 0.1  # per-round lognormal noise on compute time
+    dropout: Prob = 0.1  # probability a selected client fails during the round
+    availability: Annotated[float, Field(gt=0, le=1)] = 1.0  # probability a client is online when sampled
+    catalog: str | None = None  # YAML merged over fedsim/catalog/defaults.yaml
+
+
+@dataclass(frozen=True, config=_CFG)
+class ServerConfig:
+    """Server strategy and sync schedule (Bonawitz et al. 2019 over-selection and deadline)."""
+
+    rounds: PosInt = 20
+    clients_per_round: PosInt = 16
+    over_selection: Annotated[float, Field(ge=1.0)] = 1.3
+    deadline_s: PosFloat | None = None
+    schedule: Literal["sync"] = "sync"
+    strategy: Literal["fedavg"] = "fedavg"
+    server_lr: PosFloat = 1.0
+    eval_every: NonNegInt = 5  # 0: only initial and final evaluation
+
+
+@dataclass(frozen=True, config=_CFG)
+class RuntimeConfig:
+    """Physical plane: the Ray actor pool."""
+
+    num_workers: NonNegInt = 0  # 0: as many as the cluster spec's resources allow
+    threads_per_worker: PosInt = 1
+    cluster: str = "local"  # "local" or a path to a cluster YAML (see clusters/)
+    max_inflight_per_worker: PosInt = 2
+    # dtype the proxy model actually trains in; model.dtype is what the cost models book. float32 is fastest
+    # on CPUs (bf16 matmuls are ~2x slower there); use bfloat16 on GPU workers.
+    train_dtype: Dtype = "float32"
+
+
+@dataclass(frozen=True, config=_CFG)
+class CostsConfig:
+    """Cost-model knobs that are not device or network facts."""
+
+    transmit_dtype: Dtype = "float32"
+    grid_gco2_per_kwh: NonNegFloat | None = None  # None: the catalog's world average
+
+
+@dataclass(frozen=True, config=_CFG)
+class Scenario:
+    """A whole scenario; `fedsim.scenario.load` builds it from YAML plus --set overrides."""
+
+    name: str = "scenario"
+    seed: NonNegInt = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    peft: PeftConfig = Field(default_factory=PeftConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    costs: CostsConfig = Field(default_factory=CostsConfig)
+
+
+@dataclass(frozen=True, config=_CFG)
+class WorkerResources:
+    """Ray resources one worker actor reserves (fractions of a GPU are allowed)."""
+
+    num_cpus: NonNegFloat = 1.0
+    num_gpus: NonNegFloat = 0.0
+
+
+@dataclass(frozen=True, config=_CFG)
+class ClusterSpec:
+    """Where the physical plane runs (clusters/*.yaml)."""
+
+    name: str = "local"
+    address: str | None = None  # None: start a local Ray; "auto" / "ray://host:10001": join a running cluster
+    num_cpus: PosInt | None = None  # local Ray only; None: all CPUs
+    num_gpus: NonNegInt | None = None
+    worker: WorkerResources = Field(default_factory=WorkerResources)

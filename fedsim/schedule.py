@@ -1,0 +1,116 @@
+"""The sync schedule (Bonawitz et al. 2019, "Towards Federated Learning at Scale"): over-select, then close
+the round at the K-th arrival or the deadline, whichever comes first.
+
+Pure virtual plane: from the population, the cost profile and named random streams it decides who is
+selected, when each client's download, compute and upload would end, who fails and when, who is cut off as a
+straggler, and what every client's partial work cost. Only `completed` clients are handed to the trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsim.clock import Clock
+from fedsim.costs.profile import CostProfile, phase_costs, phase_times
+from fedsim.population import Population
+from fedsim.rng import stream
+from fedsim.scenario.schema import Scenario
+
+STATUSES = ("completed", "dropped", "late", "ineligible")
+PHASES = ("", "download", "compute", "upload")
+_ARRIVE, _FAIL, _DEADLINE = 0, 1, 2  # event priorities at equal times: an arrival at the deadline counts
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the clock decided for one round: timing, per-client columns (selection order), who to train."""
+
+    round: int
+    start_s: float
+    duration_s: float
+    columns: dict[str, np.ndarray]  # client_id, status (code), t_*_s, bytes_*, energy_j, failed_phase, finish_s
+
+    @property
+    def to_train(self) -> np.ndarray:
+        """Client ids whose update the server will use, in arrival order."""
+        done = self.columns["status"] == 0
+        order = np.argsort(self.columns["finish_s"][done], kind="stable")
+        return self.columns["client_id"][done][order]
+
+
+def select(s: Scenario, pop: Population, rnd: int) -> np.ndarray:
+    """ceil(K x over_selection) distinct clients that are online now (uniform among the online ones)."""
+    want = math.ceil(s.server.clients_per_round * s.server.over_selection)
+    rng = stream(s.seed, "select", rnd)
+    mean_avail = float(pop.availability.mean())
+    n_cand = min(pop.size, math.ceil(want / mean_avail * 1.5) + 16)
+    cand = rng.choice(pop.size, size=n_cand, replace=False)
+    online = cand[rng.random(n_cand) < pop.availability[cand]]
+    return online[:want]
+
+
+def _close(clock: Clock, arrive: np.ndarray, fail: np.ndarray, k: int, deadline: float | None) -> float:
+    """Run the round's events; return its close time: K-th arrival, deadline, or when nobody is left."""
+    start = clock.now
+    for i in np.flatnonzero(np.isfinite(arrive)):
+        clock.push(start + arrive[i], int(i), _ARRIVE)
+    for i in np.flatnonzero(np.isfinite(fail)):
+        clock.push(start + fail[i], int(i), _FAIL)
+    if deadline is not None:
+        clock.push(start + deadline, -1, _DEADLINE)
+    outstanding = int(np.isfinite(arrive).sum() + np.isfinite(fail).sum())
+    arrived, close = 0, start
+    while outstanding > 0 and len(clock):
+        close, who = clock.pop()
+        if who < 0:
+            break
+        outstanding -= 1
+        arrived += bool(np.isfinite(arrive[who]))
+        if arrived >= k:
+            break
+    clock.clear(close)
+    return close - start
+
+
+def plan_round(s: Scenario, pop: Population, profile: CostProfile, clock: Clock, rnd: int) -> RoundPlan:
+    """Select, time, fail and close one sync round; book every selected client's (partial) costs."""
+    start = clock.now
+    ids = select(s, pop, rnd)
+    n = len(ids)
+    jitter = stream(s.seed, "jitter", rnd).lognormal(0.0, s.population.round_jitter_sigma, n)
+    t_down, t_comp, t_up, eligible = phase_times(profile, pop, ids, jitter)
+    total = t_down + t_comp + t_up
+    r = stream(s.seed, "dropout", rnd)
+    drops = (r.random(n) < s.population.dropout) & eligible
+    fail_at = r.random(n) * total  # a failing client stops at a uniform instant of its timeline
+    arrive = np.where(eligible & ~drops, total, np.inf)
+    fail = np.where(drops, fail_at, np.inf)
+    duration = _close(clock, arrive, fail, s.server.clients_per_round, s.server.deadline_s)
+
+    completed = arrive <= duration
+    if completed.sum() > s.server.clients_per_round:  # ties at the K-th arrival: first K by selection order
+        completed &= np.cumsum(completed) <= s.server.clients_per_round
+    dropped = drops & (fail <= duration)
+    status = np.where(completed, 0, np.where(dropped, 1, np.where(eligible, 2, 3))).astype(np.int8)
+    cut = np.where(completed, total, np.where(dropped, fail, np.where(eligible, duration, 0.0)))
+    done = (
+        np.clip(cut, 0.0, t_down),
+        np.clip(cut - t_down, 0.0, t_comp),
+        np.clip(cut - t_down - t_comp, 0.0, t_up),
+    )
+    phase = np.where(cut <= t_down, 1, np.where(cut <= t_down + t_comp, 2, 3))
+    costs = phase_costs(profile, pop, ids, (t_down, t_comp, t_up), done)
+    columns = {
+        "client_id": ids.astype(np.int64),
+        "status": status,
+        "t_download_s": done[0],
+        "t_compute_s": done[1],
+        "t_upload_s": done[2],
+        "finish_s": np.where(completed, total, np.nan),
+        "failed_phase": np.where((status == 1) | (status == 2), phase, 0).astype(np.int8),
+        **costs,
+    }
+    return RoundPlan(round=rnd, start_s=start, duration_s=duration, columns=columns)

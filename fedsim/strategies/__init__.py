@@ -1,0 +1,1 @@
+"""Server strategies: pure aggregation maths (numpy), no Ray, no torch."""
