@@ -1,0 +1,99 @@
+"""The sync round on a hand-built population whose finish times are known exactly."""
+
+import numpy as np
+
+from fedsim.clock import Clock
+from fedsim.costs.profile import CostProfile
+from fedsim.population import Population
+from fedsim.scenario import load
+from fedsim.schedule import STATUSES, plan_round, select
+from tests.unit.test_costs import SHAPE
+
+TIMES = np.array([7.0, 1.0, 9.0, 3.0, 2.0, 10.0, 5.0, 4.0, 8.0, 6.0])  # compute seconds of clients 0..9
+
+
+def _pop(memory=None, availability=1.0):
+    n = len(TIMES)
+    return Population(
+        device_names=("d",), network_names=("n",), device=np.zeros(n, np.int16), network=np.zeros(n, np.int16),
+        flops=100.0 / TIMES, memory_bytes=np.full(n, 100.0) if memory is None else memory,
+        power_busy_w=np.full(n, 2.0), power_idle_w=np.zeros(n), up_bps=np.full(n, 1e3), down_bps=np.full(n, 1e3),
+        latency_s=np.zeros(n), availability=np.full(n, availability),
+    )
+
+
+PROFILE = CostProfile(shape=SHAPE, flops_per_client=100.0, bytes_down=0.0, bytes_up=0.0,
+                      memory_breakdown={"all": 50.0}, alpha_up=np.zeros(1), alpha_down=np.zeros(1),
+                      beta=np.zeros(1), grid_gco2_per_kwh=480.0)
+
+
+def _scenario(**over):
+    base = {"population.num_clients": 10, "population.dropout": 0.0, "population.round_jitter_sigma": 0.0,
+            "server.clients_per_round": 5, "server.over_selection": 2.0}
+    return load({}, {**base, **over})
+
+
+def _by_client(plan, key):
+    out = np.empty(len(TIMES), dtype=plan.columns[key].dtype)
+    out[plan.columns["client_id"]] = plan.columns[key]
+    return out
+
+
+def test_over_selection_and_close_at_kth_arrival():
+    s, clock = _scenario(), Clock(100.0)
+    plan = plan_round(s, _pop(), PROFILE, clock, 1)
+    assert len(plan.columns["client_id"]) == 10  # ceil(5 x 2.0)
+    assert plan.duration_s == 5.0 and clock.now == 105.0  # 5th fastest finishes at 5 s
+    status = _by_client(plan, "status")
+    assert set(np.flatnonzero(status == 0)) == {1, 4, 3, 7, 6}
+    assert set(np.flatnonzero(status == STATUSES.index("late"))) == {0, 2, 5, 8, 9}
+    # stragglers are cut off when the round closes: 5 s of compute booked, at 2 W
+    comp = _by_client(plan, "t_compute_s")
+    assert np.allclose(comp[[0, 2, 5, 8, 9]], 5.0) and np.allclose(comp[[1, 4]], [1.0, 2.0])
+    assert np.allclose(_by_client(plan, "energy_j"), 2.0 * comp)
+    assert list(plan.to_train) == [1, 4, 3, 7, 6]  # arrival order
+
+
+def test_deadline_closes_early():
+    plan = plan_round(_scenario(**{"server.deadline_s": 3.5}), _pop(), PROFILE, Clock(), 1)
+    assert plan.duration_s == 3.5
+    assert sorted(plan.to_train) == [1, 3, 4]
+    assert np.allclose(_by_client(plan, "t_compute_s")[[0, 2, 5]], 3.5)
+
+
+def test_ineligible_clients_cost_nothing_and_are_not_trained():
+    memory = np.full(10, 100.0)
+    memory[[1, 4]] = 10.0  # below the 50 B the profile needs
+    plan = plan_round(_scenario(), _pop(memory), PROFILE, Clock(), 1)
+    status = _by_client(plan, "status")
+    assert list(np.flatnonzero(status == STATUSES.index("ineligible"))) == [1, 4]
+    assert _by_client(plan, "energy_j")[[1, 4]].sum() == 0
+    assert plan.duration_s == 7.0 and 1 not in plan.to_train  # 5th of 3,4,5,6,7 s
+
+
+def test_dropouts_book_partial_work_and_empty_round_skips():
+    plan = plan_round(_scenario(**{"population.dropout": 1.0}), _pop(), PROFILE, Clock(), 1)
+    status = _by_client(plan, "status")
+    assert np.all(status == STATUSES.index("dropped")) and len(plan.to_train) == 0
+    comp = _by_client(plan, "t_compute_s")
+    assert np.all(comp > 0) and np.all(comp <= TIMES)
+    assert plan.duration_s == comp.max()  # the round ends when the last client is known to have failed
+    assert set(_by_client(plan, "failed_phase")) == {2}  # all in compute (no transfer time here)
+
+
+def test_rounds_are_deterministic_and_vary_by_round():
+    s = _scenario(**{"population.dropout": 0.3, "population.round_jitter_sigma": 0.2})
+    a = plan_round(s, _pop(), PROFILE, Clock(), 3)
+    b = plan_round(s, _pop(), PROFILE, Clock(), 3)
+    for key in a.columns:
+        np.testing.assert_array_equal(a.columns[key], b.columns[key])
+    c = plan_round(s, _pop(), PROFILE, Clock(), 4)
+    assert not np.array_equal(a.columns["t_compute_s"], c.columns["t_compute_s"])
+
+
+def test_selection_only_takes_online_clients():
+    s = load({}, {"population.num_clients": 10, "server.clients_per_round": 3, "server.over_selection": 1.0})
+    pop = _pop(availability=0.5)
+    sizes = {len(select(s, pop, r)) for r in range(50)}
+    assert max(sizes) == 3 and min(sizes) >= 1
+    assert len(select(s, _pop(), 1)) == 3
