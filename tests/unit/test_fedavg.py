@@ -36,7 +36,7 @@ def test_ordered_fold_gives_identical_bits_for_any_arrival_order():
     results = set()
     for order in itertools.permutations(range(6)):
         m = WeightedMean()
-        fold = OrderedFold(lambda w, t: m.add(w, t))
+        fold = OrderedFold(m.add)
         for seq in order:
             fold.put(seq, *items[seq])
         assert fold.folded == 6
