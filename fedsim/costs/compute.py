@@ -10,6 +10,11 @@ as dense kernels compute it):
   gradients 4*N_p -- the base weight-gradient pass (another 2*N_mm) is skipped;
 - backward, full fine-tuning: 4*N_mm + 2*A;
 - activation checkpointing recomputes one forward.
+
+The first decoder layer reads the frozen embeddings, so with PEFT its linears whose input does not depend on
+a trainable parameter (always q/k/v; o and the MLP too when no earlier module is adapted) need no input
+gradient, and its attention needs no backward when q/k/v are not adapted. That is exact for shallow models
+and negligible for deep ones.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class ModelShape:
     num_heads: int
     head_dim: int
     vocab_size: int
+    n_no_input_grad: int = 0  # first-layer linear parameters whose input gradient PEFT training skips
+    first_attention_frozen: bool = False  # first layer's attention needs no backward under PEFT
 
 
 def attention_flops_per_token(shape: ModelShape, seq_len: int) -> float:
@@ -47,7 +54,9 @@ def train_flops_per_token(shape: ModelShape, seq_len: int, peft: bool = True, ch
     """Forward + backward (+ recomputed forward) FLOPs per trained token."""
     attn = attention_flops_per_token(shape, seq_len)
     if peft:
-        total = 4.0 * shape.n_matmul + 6.0 * shape.n_trainable + 3.0 * attn
+        total = 4.0 * shape.n_matmul - 2.0 * shape.n_no_input_grad + 6.0 * shape.n_trainable + 3.0 * attn
+        if shape.first_attention_frozen:
+            total -= 2.0 * attn / shape.num_layers
     else:
         total = 6.0 * shape.n_matmul + 3.0 * attn
     if checkpointing:

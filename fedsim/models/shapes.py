@@ -59,7 +59,9 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig) -> ModelShape:
     n_matmul = sum(m.weight.numel() for m in linears)
     n_quant = sum(m.weight.numel() for m in linears if m is not head)
     n_embed = model.get_input_embeddings().weight.numel()
+    first = _first_layer_linears(model)
     peft_model = get_peft_model(model, lora_config(peft_cfg))
+    skip, attn_frozen = _frozen_first_layer(first, peft_model)
     n_trainable, _ = peft_model.get_nb_trainable_parameters()
     heads = hf.num_attention_heads
     return ModelShape(
@@ -73,13 +75,49 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig) -> ModelShape:
         num_heads=int(heads),
         head_dim=int(getattr(hf, "head_dim", None) or hf.hidden_size // heads),
         vocab_size=int(hf.vocab_size),
+        n_no_input_grad=skip,
+        first_attention_frozen=attn_frozen,
     )
+
+
+_ATTN_IN, _ATTN_OUT, _MLP_IN, _MLP_OUT = ("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)
+
+
+def _first_layer_linears(model) -> dict[str, int]:
+    """Short name -> weight size of the first decoder layer's linears (Llama-style naming), before PEFT."""
+    import torch
+
+    for name, module in model.named_modules():
+        if name.endswith("layers.0"):
+            return {n.split(".")[-1]: m.weight.numel() for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
+    return {}
+
+
+def _frozen_first_layer(first: dict[str, int], peft_model) -> tuple[int, bool]:
+    """Which first-layer linears get no input gradient under PEFT (their input depends on nothing trainable)."""
+    known = set(_ATTN_IN + _ATTN_OUT + _MLP_IN + _MLP_OUT)
+    if not first or not set(first) <= known:
+        return 0, False  # unknown block layout: assume every input gradient is computed
+    adapted = set()
+    for name, param in peft_model.named_parameters():
+        parts = name.split(".")
+        if param.requires_grad and ".layers.0." in name:
+            adapted.update(parts[i - 1] for i, part in enumerate(parts) if part.startswith("lora_"))
+    skip, grad = 0, False
+    for group in (_ATTN_IN, _ATTN_OUT, _MLP_IN, _MLP_OUT):
+        present = [m for m in group if m in first]
+        if group is _ATTN_IN or not grad:
+            skip += sum(first[m] for m in present)
+        grad = grad or any(m in adapted for m in present)
+        if group is _ATTN_IN:
+            attn_frozen = not grad
+    return skip, attn_frozen
 
 
 def model_shape(name: str, peft_cfg: PeftConfig) -> ModelShape:
     """Shape of model `name` with the scenario's PEFT method, from the disk cache or counted on meta."""
     config = hf_config_dict(name)
-    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 1})
+    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 2})
     path = cache_dir("shapes") / f"{key}.json"
     if path.is_file():
         return ModelShape(**json.loads(path.read_text()))
