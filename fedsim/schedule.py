@@ -21,7 +21,6 @@ from fedsim.scenario.schema import Scenario
 
 STATUSES = ("completed", "dropped", "late", "ineligible")
 PHASES = ("", "download", "compute", "upload")
-_ARRIVE, _FAIL, _DEADLINE = 0, 1, 2  # event priorities at equal times: an arrival at the deadline counts
 
 
 @dataclass(frozen=True)
@@ -52,27 +51,25 @@ def select(s: Scenario, pop: Population, rnd: int) -> np.ndarray:
     return online[:want]
 
 
-def _close(clock: Clock, arrive: np.ndarray, fail: np.ndarray, k: int, deadline: float | None) -> float:
-    """Run the round's events; return its close time: K-th arrival, deadline, or when nobody is left."""
-    start = clock.now
-    for i in np.flatnonzero(np.isfinite(arrive)):
-        clock.push(start + arrive[i], int(i), _ARRIVE)
-    for i in np.flatnonzero(np.isfinite(fail)):
-        clock.push(start + fail[i], int(i), _FAIL)
-    if deadline is not None:
-        clock.push(start + deadline, -1, _DEADLINE)
-    outstanding = int(np.isfinite(arrive).sum() + np.isfinite(fail).sum())
-    arrived, close = 0, start
-    while outstanding > 0 and len(clock):
-        close, who = clock.pop()
-        if who < 0:
-            break
-        outstanding -= 1
-        arrived += bool(np.isfinite(arrive[who]))
-        if arrived >= k:
-            break
-    clock.clear(close)
-    return close - start
+def close_round(arrive: np.ndarray, fail: np.ndarray, k: int, deadline: float | None) -> tuple[float, np.ndarray]:
+    """When a sync round closes and who made it, from each client's arrival and failure offsets (inf = never).
+
+    Equivalent to popping the round's events in (time, priority, seq) order -- arrivals before failures before
+    the deadline at equal times, ties in selection order -- and stopping at the K-th arrival, at the deadline,
+    or once every client has arrived or failed; vectorized (order statistics) so a round of thousands of
+    clients costs microseconds. Returns (duration, completed mask).
+    """
+    finite_arrive = np.isfinite(arrive)
+    events = np.concatenate([arrive[finite_arrive], fail[np.isfinite(fail)]])
+    if events.size == 0:
+        return 0.0, np.zeros(arrive.shape, bool)
+    t_all = float(events.max())
+    t_k = float(np.partition(arrive[finite_arrive], k - 1)[k - 1]) if finite_arrive.sum() >= k else np.inf
+    duration = min(t_all, t_k, np.inf if deadline is None else float(deadline))
+    completed = arrive < duration
+    ties = np.flatnonzero(arrive == duration)
+    completed[ties[: max(k - int(completed.sum()), 0)]] = True
+    return duration, completed
 
 
 def plan_round(s: Scenario, pop: Population, profile: CostProfile, clock: Clock, rnd: int) -> RoundPlan:
@@ -88,11 +85,8 @@ def plan_round(s: Scenario, pop: Population, profile: CostProfile, clock: Clock,
     fail_at = r.random(n) * total  # a failing client stops at a uniform instant of its timeline
     arrive = np.where(eligible & ~drops, total, np.inf)
     fail = np.where(drops, fail_at, np.inf)
-    duration = _close(clock, arrive, fail, s.server.clients_per_round, s.server.deadline_s)
-
-    completed = arrive <= duration
-    if completed.sum() > s.server.clients_per_round:  # ties at the K-th arrival: first K by selection order
-        completed &= np.cumsum(completed) <= s.server.clients_per_round
+    duration, completed = close_round(arrive, fail, s.server.clients_per_round, s.server.deadline_s)
+    clock.clear(start + duration)
     dropped = drops & (fail <= duration)
     status = np.where(completed, 0, np.where(dropped, 1, np.where(eligible, 2, 3))).astype(np.int8)
     cut = np.where(completed, total, np.where(dropped, fail, np.where(eligible, duration, 0.0)))

@@ -48,8 +48,10 @@ def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32
     torch.manual_seed(0)  # peft's LoRA A init: the same initial global adapter in every process
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, _TORCH_DTYPES[dtype]))
     if checkpointing:
-        enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(base, lora_config(peft_cfg))
     named = sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
     return LocalModel(model, [n for n, _ in named], [p for _, p in named])

@@ -97,3 +97,45 @@ def test_selection_only_takes_online_clients():
     sizes = {len(select(s, pop, r)) for r in range(50)}
     assert max(sizes) == 3 and min(sizes) >= 1
     assert len(select(s, _pop(), 1)) == 3
+
+
+def _reference_close(arrive, fail, k, deadline):
+    """The round as a discrete-event loop on the heap clock: arrivals, failures, deadline."""
+    clock = Clock()
+    for i in np.flatnonzero(np.isfinite(arrive)):
+        clock.push(arrive[i], ("arrive", i), 0)
+    for i in np.flatnonzero(np.isfinite(fail)):
+        clock.push(fail[i], ("fail", i), 1)
+    if deadline is not None:
+        clock.push(deadline, ("deadline", -1), 2)
+    outstanding = int(np.isfinite(arrive).sum() + np.isfinite(fail).sum())
+    close, done = 0.0, []
+    while outstanding and len(clock):
+        close, (kind, i) = clock.pop()
+        if kind == "deadline":
+            break
+        outstanding -= 1
+        if kind == "arrive":
+            done.append(i)
+            if len(done) == k:
+                break
+    return close, sorted(done)
+
+
+def test_vectorized_close_equals_the_event_loop():
+    from fedsim.schedule import close_round
+
+    rng = np.random.default_rng(0)
+    for trial in range(3000):
+        n = int(rng.integers(1, 12))
+        arrive = rng.integers(0, 6, n).astype(float)  # small integer times: many ties
+        fail = rng.integers(0, 6, n).astype(float)
+        state = rng.integers(0, 3, n)  # 0 arrives, 1 fails, 2 ineligible (neither)
+        arrive[state != 0] = np.inf
+        fail[state != 1] = np.inf
+        k = int(rng.integers(1, n + 1))
+        deadline = None if trial % 3 == 0 else float(rng.integers(0, 7))
+        duration, completed = close_round(arrive, fail, k, deadline)
+        ref_close, ref_done = _reference_close(arrive, fail, k, deadline)
+        assert duration == ref_close, (arrive, fail, k, deadline)
+        assert list(np.flatnonzero(completed)) == ref_done, (arrive, fail, k, deadline)
