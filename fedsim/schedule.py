@@ -78,7 +78,8 @@ def plan_round(s: Scenario, pop: Population, profile: CostProfile, clock: Clock,
     ids = select(s, pop, rnd)
     n = len(ids)
     jitter = stream(s.seed, "jitter", rnd).lognormal(0.0, s.population.round_jitter_sigma, n)
-    t_down, t_comp, t_up, eligible = phase_times(profile, pop, ids, jitter)
+    t_down, t_comp, t_up, option = phase_times(profile, pop, ids, jitter)
+    eligible = option >= 0
     total = t_down + t_comp + t_up
     r = stream(s.seed, "dropout", rnd)
     drops = (r.random(n) < s.population.dropout) & eligible
@@ -105,6 +106,7 @@ def plan_round(s: Scenario, pop: Population, profile: CostProfile, clock: Clock,
         "t_upload_s": done[2],
         "finish_s": np.where(completed, total, np.nan),
         "failed_phase": np.where((status == 1) | (status == 2), phase, 0).astype(np.int8),
+        "quantization": option.astype(np.int8),  # index into profile.quantizations, -1 when ineligible
         **costs,
     }
     return RoundPlan(round=rnd, start_s=start, duration_s=duration, columns=columns)

@@ -36,6 +36,7 @@ class ModelShape:
     num_heads: int
     head_dim: int
     vocab_size: int
+    trainable_tensors: tuple[int, ...] = ()  # size of each PEFT tensor (wire format and compression)
     n_no_input_grad: int = 0  # first-layer linear parameters whose input gradient PEFT training skips
     first_attention_frozen: bool = False  # first layer's attention needs no backward under PEFT
 

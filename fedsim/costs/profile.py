@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.costs import comm, compute, energy, memory
+from fedsim.costs import comm, compression, compute, energy, memory
 from fedsim.costs.compute import ModelShape
 from fedsim.population import MBIT, Population
 from fedsim.scenario.schema import Scenario
@@ -24,50 +24,63 @@ class CostProfile:
     shape: ModelShape
     flops_per_client: float  # local_steps optimizer steps
     bytes_down: float  # global adapter
-    bytes_up: float  # client update
-    memory_breakdown: dict[str, float]
+    bytes_up: float  # client update after compression
+    memory_breakdown: dict[str, float]  # at model.quantization
+    quantizations: tuple[str, ...]  # model.quantization, then the allowed fallbacks
+    memory_options: np.ndarray  # peak memory need under each of `quantizations`
     alpha_up: np.ndarray  # mW per Mbit/s, by network code
     alpha_down: np.ndarray
     beta: np.ndarray  # mW
     grid_gco2_per_kwh: float
+    server_power_w: float
 
     @property
     def memory_bytes(self) -> float:
-        """Peak training memory of one client."""
+        """Peak training memory of one client at the scenario's own quantization."""
         return float(sum(self.memory_breakdown.values()))
 
 
 def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Population) -> CostProfile:
     """Combine shape, training config and catalog into the run's cost profile."""
-    t = s.training
+    t, c = s.training, s.costs
     step = compute.step_flops(shape, t.batch_size, t.seq_len, peft=True, checkpointing=t.gradient_checkpointing)
-    payload = comm.payload_bytes(shape.n_trainable, s.costs.transmit_dtype)
+    tensors = list(shape.trainable_tensors) or [shape.n_trainable]
+    quants = (s.model.quantization, *[q for q in s.model.fallback_quantization if q != s.model.quantization])
+
+    def breakdown(quant: str) -> dict[str, float]:
+        return memory.memory_breakdown(shape, t.batch_size, t.seq_len, s.model.dtype, quant, t.optimizer,
+                                       t.gradient_checkpointing, float(cat["runtime_overhead_bytes"]))
+
     nets = [cat["networks"][n] for n in pop.network_names]
     return CostProfile(
         shape=shape,
         flops_per_client=step * t.local_steps,
-        bytes_down=payload,
-        bytes_up=payload,
-        memory_breakdown=memory.memory_breakdown(
-            shape, t.batch_size, t.seq_len, s.model.dtype, s.model.quantization, t.optimizer,
-            t.gradient_checkpointing, float(cat["runtime_overhead_bytes"]),
-        ),
+        bytes_down=comm.payload_bytes(shape.n_trainable, c.transmit_dtype),
+        bytes_up=compression.upload_bytes(tensors, c.transmit_dtype, c.upload_compression, c.topk_fraction),
+        memory_breakdown=breakdown(s.model.quantization),
+        quantizations=quants,
+        memory_options=np.array([sum(breakdown(q).values()) for q in quants]),
         alpha_up=np.array([n["alpha_up_mw_per_mbps"] for n in nets], dtype=float),
         alpha_down=np.array([n["alpha_down_mw_per_mbps"] for n in nets], dtype=float),
         beta=np.array([n["beta_mw"] for n in nets], dtype=float),
-        grid_gco2_per_kwh=float(
-            s.costs.grid_gco2_per_kwh if s.costs.grid_gco2_per_kwh is not None else cat["energy"]["grid_gco2_per_kwh"]
-        ),
+        grid_gco2_per_kwh=float(c.grid_gco2_per_kwh if c.grid_gco2_per_kwh is not None
+                                else cat["energy"]["grid_gco2_per_kwh"]),
+        server_power_w=float(cat["energy"]["server_power_w"]),
     )
 
 
+def fitting_option(p: CostProfile, memory_bytes: np.ndarray) -> np.ndarray:
+    """Index into p.quantizations of the first option each client can hold, -1 if none (ineligible)."""
+    fits = memory_bytes[:, None] >= p.memory_options[None, :]
+    return np.where(fits.any(axis=1), fits.argmax(axis=1), -1)
+
+
 def phase_times(p: CostProfile, pop: Population, ids: np.ndarray, jitter: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(t_download, t_compute, t_upload, eligible) of clients `ids` if each ran its phases to the end."""
+    """(t_download, t_compute, t_upload, quantization option or -1) of clients `ids` if they ran to the end."""
     t_down = comm.transfer_time_s(p.bytes_down, pop.down_bps[ids], pop.latency_s[ids])
     t_comp = compute.compute_time_s(p.flops_per_client, pop.flops[ids]) * jitter
     t_up = comm.transfer_time_s(p.bytes_up, pop.up_bps[ids], pop.latency_s[ids])
-    eligible = pop.memory_bytes[ids] >= p.memory_bytes
-    return t_down, t_comp, t_up, eligible
+    return t_down, t_comp, t_up, fitting_option(p, pop.memory_bytes[ids])
 
 
 def _fraction_sent(done: np.ndarray, full: np.ndarray, latency: np.ndarray) -> np.ndarray:
@@ -79,7 +92,10 @@ def _fraction_sent(done: np.ndarray, full: np.ndarray, latency: np.ndarray) -> n
 def phase_costs(
     p: CostProfile, pop: Population, ids: np.ndarray, full: tuple[np.ndarray, ...], done: tuple[np.ndarray, ...]
 ) -> dict[str, np.ndarray]:
-    """Bytes and joules of the `done` seconds of each phase (download, compute, upload) of clients `ids`."""
+    """Bytes and joules of the `done` seconds of each phase (download, compute, upload) of clients `ids`.
+
+    Busy power while computing; idle (base) power plus the radio's power while transferring.
+    """
     (f_down, _, f_up), (d_down, d_comp, d_up) = full, done
     lat, net = pop.latency_s[ids], pop.network[ids]
     bytes_down = p.bytes_down * _fraction_sent(d_down, f_down, lat) * (f_down > 0)
@@ -89,5 +105,6 @@ def phase_costs(
     e_radio = energy.radio_energy_j(p.alpha_down[net], p.beta[net], thr_down, d_down) + energy.radio_energy_j(
         p.alpha_up[net], p.beta[net], thr_up, d_up
     )
+    e_idle = energy.compute_energy_j(pop.power_idle_w[ids], d_down + d_up)
     e_comp = energy.compute_energy_j(pop.power_busy_w[ids], d_comp)
-    return {"bytes_down": bytes_down, "bytes_up": bytes_up, "energy_j": e_comp + e_radio}
+    return {"bytes_down": bytes_down, "bytes_up": bytes_up, "energy_j": e_comp + e_radio + e_idle}

@@ -21,6 +21,7 @@ CLIENT_SCHEMA = pa.schema([
     ("network", pa.string()),
     ("status", pa.string()),
     ("failed_phase", pa.string()),
+    ("quantization", pa.string()),
     ("t_download_s", pa.float64()),
     ("t_compute_s", pa.float64()),
     ("t_upload_s", pa.float64()),

@@ -63,6 +63,7 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig) -> ModelShape:
     peft_model = get_peft_model(model, lora_config(peft_cfg))
     skip, attn_frozen = _frozen_first_layer(first, peft_model)
     n_trainable, _ = peft_model.get_nb_trainable_parameters()
+    tensors = tuple(int(p.numel()) for _, p in sorted(peft_model.named_parameters()) if p.requires_grad)
     heads = hf.num_attention_heads
     return ModelShape(
         n_params=int(n_params),
@@ -75,6 +76,7 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig) -> ModelShape:
         num_heads=int(heads),
         head_dim=int(getattr(hf, "head_dim", None) or hf.hidden_size // heads),
         vocab_size=int(hf.vocab_size),
+        trainable_tensors=tensors,
         n_no_input_grad=skip,
         first_attention_frozen=attn_frozen,
     )
@@ -117,10 +119,11 @@ def _frozen_first_layer(first: dict[str, int], peft_model) -> tuple[int, bool]:
 def model_shape(name: str, peft_cfg: PeftConfig) -> ModelShape:
     """Shape of model `name` with the scenario's PEFT method, from the disk cache or counted on meta."""
     config = hf_config_dict(name)
-    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 2})
+    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 3})
     path = cache_dir("shapes") / f"{key}.json"
     if path.is_file():
-        return ModelShape(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        return ModelShape(**{**data, "trainable_tensors": tuple(data["trainable_tensors"])})
     shape = _count(config, peft_cfg)
     path.write_text(json.dumps(dataclasses.asdict(shape)))
     return shape

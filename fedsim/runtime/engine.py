@@ -101,8 +101,8 @@ def run(
             stats = pool.train_round(rnd, tasks)
             due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
             eval_loss = pool.evaluate() if due else None
-            row = round_row(plan, stats, eval_loss, time.perf_counter() - t_round, profile.grid_gco2_per_kwh)
-            pool.record(row, client_columns(plan, pop, data.sizes, stats["client_losses"]))
+            row = round_row(plan, stats, eval_loss, time.perf_counter() - t_round, profile)
+            pool.record(row, client_columns(plan, pop, data.sizes, stats["client_losses"], profile.quantizations))
             rows.append(row)
             con.update(row)
         _write_adapter(run_dir / "adapter", pool.export_adapter())

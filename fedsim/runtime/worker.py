@@ -43,13 +43,17 @@ class Worker:
         return self.lm.get_state()
 
     def train(self, rnd: int, client: int, rows: np.ndarray, num_samples: int, global_state: dict) -> tuple:
-        """Train one client from `global_state`; returns (num_samples, mean loss, delta)."""
+        """Train one client from `global_state`; returns (num_samples, mean loss, delta as the server decodes it)."""
+        from fedsim.costs.compression import cast, compress
         from fedsim.models.local import train_client
 
+        c = self.s.costs  # the client trains from the global as received and the server decodes what it sent
+        received = {k: cast(v, c.transmit_dtype) for k, v in global_state.items()}
         delta, loss = train_client(
-            self.lm, global_state, self.train_ids, self.train_labels, rows, self.s.training, self.s.seed, rnd, client
+            self.lm, received, self.train_ids, self.train_labels, rows, self.s.training, self.s.seed, rnd, client
         )
-        return float(num_samples), loss, delta
+        sent = {k: compress(v, c.transmit_dtype, c.upload_compression, c.topk_fraction) for k, v in delta.items()}
+        return float(num_samples), loss, sent
 
     def evaluate(self, global_state: dict) -> float:
         """Eval loss of the global adapter on the held-out set."""

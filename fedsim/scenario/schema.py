@@ -33,6 +33,9 @@ class ModelConfig:
     # stays `name` (FedScale-style). None: costs of `name` itself.
     cost_as: str | None = None
     pretrain_steps: NonNegInt = 300  # only for fedsim-tiny-llama: central pre-training before federation
+    # Quantizations a client that cannot hold the base at `quantization` may fall back to, tried in order
+    # (virtual plane: memory and eligibility; the proxy still trains unquantized).
+    fallback_quantization: tuple[Literal["int8", "nf4"], ...] = ()
 
 
 @dataclass(frozen=True, config=_CFG)
@@ -132,7 +135,9 @@ class RuntimeConfig:
 class CostsConfig:
     """Cost-model knobs that are not device or network facts."""
 
-    transmit_dtype: Dtype = "float32"
+    transmit_dtype: Dtype = "float32"  # dense wire format of adapters, both directions
+    upload_compression: Literal["none", "int8", "topk"] = "none"  # applied for real to client updates
+    topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
     grid_gco2_per_kwh: NonNegFloat | None = None  # None: the catalog's world average
 
 

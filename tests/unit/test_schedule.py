@@ -23,8 +23,9 @@ def _pop(memory=None, availability=1.0):
 
 
 PROFILE = CostProfile(shape=SHAPE, flops_per_client=100.0, bytes_down=0.0, bytes_up=0.0,
-                      memory_breakdown={"all": 50.0}, alpha_up=np.zeros(1), alpha_down=np.zeros(1),
-                      beta=np.zeros(1), grid_gco2_per_kwh=480.0)
+                      memory_breakdown={"all": 50.0}, quantizations=("none",), memory_options=np.array([50.0]),
+                      alpha_up=np.zeros(1), alpha_down=np.zeros(1), beta=np.zeros(1), grid_gco2_per_kwh=480.0,
+                      server_power_w=0.0)
 
 
 def _scenario(**over):
@@ -69,6 +70,19 @@ def test_ineligible_clients_cost_nothing_and_are_not_trained():
     assert list(np.flatnonzero(status == STATUSES.index("ineligible"))) == [1, 4]
     assert _by_client(plan, "energy_j")[[1, 4]].sum() == 0
     assert plan.duration_s == 7.0 and 1 not in plan.to_train  # 5th of 3,4,5,6,7 s
+
+
+def test_fallback_quantization_makes_small_devices_eligible():
+    import dataclasses
+
+    memory = np.full(10, 100.0)
+    memory[[1, 4]] = 30.0  # cannot hold 50 B unquantized, can hold the 25 B nf4 option
+    memory[7] = 10.0  # fits nothing
+    profile = dataclasses.replace(PROFILE, quantizations=("none", "nf4"), memory_options=np.array([50.0, 25.0]))
+    plan = plan_round(_scenario(), _pop(memory), profile, Clock(), 1)
+    assert list(_by_client(plan, "quantization")) == [0, 1, 0, 0, 1, 0, 0, -1, 0, 0]
+    assert _by_client(plan, "status")[7] == STATUSES.index("ineligible")
+    assert 1 in plan.to_train and 4 in plan.to_train
 
 
 def test_dropouts_book_partial_work_and_empty_round_skips():
