@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from fedsim.runtime.engine import RunResult
+    from fedsim.rundir import RunResult
     from fedsim.scenario.schema import Scenario
 
 

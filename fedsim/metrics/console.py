@@ -66,7 +66,8 @@ class RunConsole:
         fmt = {
             "rounds": str, "sim_time_s": human_time, "wall_time_s": lambda v: f"{v:.1f}s",
             "bytes_up": human_bytes, "bytes_down": human_bytes, "energy_j": lambda v: f"{v / 3.6e6:.4g} kWh",
-            "co2_g": lambda v: f"{v:.4g} g", "clients_trained": str, "dropped_total": str, "late_total": str,
+            "server_energy_j": lambda v: f"{v / 3.6e6:.4g} kWh",
+            "co2_g": lambda v: f"{v:.4g} g", "clients_trained": str, "completed_total": str, "dropped_total": str, "late_total": str,
             "ineligible_total": str, "initial_eval_loss": lambda v: f"{v:.4f}", "final_eval_loss": lambda v: f"{v:.4f}",
         }
         for key, f in fmt.items():

@@ -44,38 +44,61 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
     }
 
 
-def client_columns(plan: RoundPlan, pop: Population, sizes: np.ndarray, losses: list[float],
-                   quantizations: tuple[str, ...]) -> dict[str, list]:
-    """clients.parquet rows of one round (selection order); train_loss only for trained clients."""
+def client_columns(plan: RoundPlan, pop: Population, sizes: np.ndarray, losses: list[float] | None,
+                   quantizations: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """clients.parquet rows of one round (selection order), as arrays.
+
+    `losses` are the trained clients' losses in arrival order (train mode); None in estimate mode, where nobody
+    is trained and `trained` is false everywhere.
+    """
     c = plan.columns
     ids = c["client_id"]
-    trained = c["status"] == 0
+    trained = (c["status"] == 0) & (losses is not None)
     loss = np.full(len(ids), np.nan)
     order = np.argsort(c["finish_s"][trained], kind="stable")  # losses come in arrival order
-    loss[np.flatnonzero(trained)[order]] = losses
+    loss[np.flatnonzero(trained)[order]] = losses if losses is not None else []
+    quant = np.array([*quantizations, ""], dtype=object)  # -1 (ineligible) picks ""
     return {
-        "round": [plan.round] * len(ids),
-        "client_id": ids.tolist(),
-        "device": [pop.device_names[d] for d in pop.device[ids]],
-        "network": [pop.network_names[n] for n in pop.network[ids]],
-        "status": [STATUSES[s] for s in c["status"]],
-        "failed_phase": [PHASES[p] for p in c["failed_phase"]],
-        "quantization": [quantizations[q] if q >= 0 else "" for q in c["quantization"]],
-        "t_download_s": c["t_download_s"].tolist(),
-        "t_compute_s": c["t_compute_s"].tolist(),
-        "t_upload_s": c["t_upload_s"].tolist(),
-        "finish_s": [None if np.isnan(x) else float(x) for x in c["finish_s"]],
-        "bytes_up": c["bytes_up"].tolist(),
-        "bytes_down": c["bytes_down"].tolist(),
-        "energy_j": c["energy_j"].tolist(),
-        "num_samples": sizes[ids].tolist(),
-        "trained": trained.tolist(),
-        "train_loss": [None if np.isnan(x) else float(x) for x in loss],
+        "round": np.full(len(ids), plan.round),
+        "client_id": ids,
+        "device": np.array(pop.device_names, dtype=object)[pop.device[ids]],
+        "network": np.array(pop.network_names, dtype=object)[pop.network[ids]],
+        "status": np.array(STATUSES, dtype=object)[c["status"]],
+        "failed_phase": np.array(PHASES, dtype=object)[c["failed_phase"]],
+        "quantization": quant[c["quantization"]],
+        **{k: c[k] for k in ("t_download_s", "t_compute_s", "t_upload_s", "finish_s", "bytes_up", "bytes_down",
+                             "energy_j")},
+        "num_samples": sizes[ids],
+        "trained": trained,
+        "train_loss": loss,
     }
 
 
-def summarize(rows: list[dict], initial_eval: float | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """summary.json: totals over rounds, first and last eval loss, plus run facts in `extra`."""
+AGGREGATED = ("t_download_s", "t_compute_s", "t_upload_s", "bytes_up", "bytes_down", "energy_j")
+
+
+def device_columns(plan: RoundPlan, pop: Population) -> dict[str, np.ndarray]:
+    """clients_by_device.parquet rows of one round: per (device class, status) counts and summed costs."""
+    c = plan.columns
+    n_dev, n_st = len(pop.device_names), len(STATUSES)
+    cell = pop.device[c["client_id"]].astype(np.int64) * n_st + c["status"]
+    counts = np.bincount(cell, minlength=n_dev * n_st)
+    keep = np.flatnonzero(counts)
+    return {
+        "round": np.full(len(keep), plan.round),
+        "device": np.array(pop.device_names, dtype=object)[keep // n_st],
+        "status": np.array(STATUSES, dtype=object)[keep % n_st],
+        "clients": counts[keep],
+        **{k: np.bincount(cell, weights=c[k], minlength=n_dev * n_st)[keep] for k in AGGREGATED},
+    }
+
+
+def summarize(rows: list[dict], initial_eval: float | None, extra: dict[str, Any], trained: bool = True) -> dict:
+    """summary.json: totals over rounds, first and last eval loss, plus run facts in `extra`.
+
+    clients_trained counts client updates trained for real (0 in estimate mode; completed_total counts the
+    updates the server would have used either way).
+    """
     evals = [r["eval_loss"] for r in rows if r["eval_loss"] is not None]
     total = {k: float(sum(r[k] for r in rows)) for k in ("bytes_up", "bytes_down", "energy_j", "server_energy_j",
                                                           "co2_g", "wasted_energy_j", "wasted_bytes")}
@@ -85,7 +108,7 @@ def summarize(rows: list[dict], initial_eval: float | None, extra: dict[str, Any
         "sim_time_s": rows[-1]["sim_time_s"] if rows else 0.0,
         **total,
         **{f"{k}_total": v for k, v in counts.items()},
-        "clients_trained": counts["completed"],
+        "clients_trained": counts["completed"] if trained else 0,
         "initial_eval_loss": initial_eval,
         "final_eval_loss": evals[-1] if evals else initial_eval,
         **extra,

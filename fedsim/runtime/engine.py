@@ -7,43 +7,18 @@ record. Everything a round costs is in the ledger; wall time is measured apart f
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from fedsim import catalog, population
 from fedsim.clock import Clock
 from fedsim.costs.profile import build_profile
-from fedsim.errors import ConfigError
 from fedsim.metrics.console import RunConsole
 from fedsim.metrics.records import client_columns, round_row, summarize
+from fedsim.rundir import RunResult, open_run_dir, write_summary
 from fedsim.scenario import Scenario, dump, load
 from fedsim.schedule import plan_round
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What `fedsim.run` returns: the summary, every round's record, and where the files are."""
-
-    summary: dict[str, Any]
-    rounds: list[dict[str, Any]]
-    run_dir: Path
-
-
-def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
-    """Create the run directory; refuse to touch a non-empty one unless told to overwrite it."""
-    path = Path(out)
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise ConfigError("--out", f"{path} exists and is not empty (choose another directory or --overwrite)")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _setup(s: Scenario, run_dir: Path, con: RunConsole):
@@ -85,8 +60,7 @@ def run(
     """Run a scenario in train mode and write its run directory (see README: outputs)."""
     t0 = time.perf_counter()
     s = scenario if isinstance(scenario, Scenario) else load(scenario, overrides)
-    run_dir = prepare_run_dir(out or Path("runs") / s.name, overwrite)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(dump(s), sort_keys=False))
+    run_dir = open_run_dir(out, s, overwrite)
     con = RunConsole(quiet)
     pop, profile, data, pool, n_workers = _setup(s, run_dir, con)
     try:
@@ -119,7 +93,7 @@ def run(
         "memory_bytes": profile.memory_bytes,
         "flops_per_client_round": profile.flops_per_client,
     })
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     con.finish(summary, str(run_dir))
     return RunResult(summary, rows, run_dir)
 

@@ -142,6 +142,14 @@ class CostsConfig:
 
 
 @dataclass(frozen=True, config=_CFG)
+class EstimateConfig:
+    """Estimate mode (costs without training)."""
+
+    # Above this many client-round rows, clients.parquet is replaced by clients_by_device.parquet.
+    client_rows_limit: PosInt = 200_000
+
+
+@dataclass(frozen=True, config=_CFG)
 class Scenario:
     """A whole scenario; `fedsim.scenario.load` builds it from YAML plus --set overrides."""
 
@@ -155,6 +163,7 @@ class Scenario:
     server: ServerConfig = Field(default_factory=ServerConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     costs: CostsConfig = Field(default_factory=CostsConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
 
 
 @dataclass(frozen=True, config=_CFG)
