@@ -26,6 +26,14 @@ def run(scenario, overrides: dict[str, Any] | list[str] | None = None, out=None,
     return _run(scenario, overrides, out, overwrite=overwrite, quiet=quiet)
 
 
+def estimate(scenario, overrides: dict[str, Any] | list[str] | None = None, out=None, overwrite: bool = False,
+             quiet: bool = True) -> RunResult:
+    """Compute a scenario's costs without training (vectorized); same run-directory contract, null losses."""
+    from fedsim.estimate import estimate as _estimate
+
+    return _estimate(scenario, overrides, out, overwrite=overwrite, quiet=quiet)
+
+
 def validate(scenario, overrides: dict[str, Any] | list[str] | None = None) -> Scenario:
     """Load and check a scenario without running it; raises fedsim.errors.ConfigError naming the bad key."""
     from fedsim.scenario import load

@@ -1,6 +1,8 @@
 """The `fedsim` command line: a thin layer over the Python API.
 
     fedsim run SCENARIO [--out DIR] [--set key=value ...]
+    fedsim estimate SCENARIO [--out DIR] [--set key=value ...]
+    fedsim cost SCENARIO --device CLASS [--network CLASS] [--gpus N --zero 3] [--json]
     fedsim validate SCENARIO [--set key=value ...]
 
 Configuration and usage errors print one line and exit with code 2; nothing already written is touched.
@@ -29,8 +31,45 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/<scenario name>)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run directory")
     r.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    e = scenario_cmd("estimate", "compute a federation's costs without training (fast, vectorized)")
+    e.add_argument("--out", help="run directory (default runs/<scenario name>)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run directory")
+    e.add_argument("--quiet", action="store_true", help="no summary table")
+    c = scenario_cmd("cost", "one client's cost breakdown (model, memory, FLOPs, bytes, time, energy)")
+    c.add_argument("--device", required=True, help="catalog device class, e.g. phone-flagship")
+    c.add_argument("--network", help="catalog network class (default: the device's most common)")
+    c.add_argument("--gpus", type=int, default=0, help="also size DeepSpeed ZeRO model states over this many GPUs")
+    c.add_argument("--zero", type=int, default=3, choices=(0, 2, 3), help="ZeRO stage for --gpus")
+    c.add_argument("--offload", action="store_true", help="ZeRO optimizer offload to CPU for --gpus")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
     scenario_cmd("validate", "check a scenario and print it fully resolved")
     return p
+
+
+def _print_cost(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedsim.metrics.console import human_bytes, human_time
+
+    table = Table(title=f"fedsim cost: {report['model']} on {report['device']['name']} ({report['device']['network']})",
+                  show_header=False)
+    for key in ("model_params", "trainable_params", "flops_per_step", "flops_per_client_round"):
+        table.add_row(key, f"{report[key]:.4g}")
+    for key in ("adapter_bytes", "upload_bytes", "memory_bytes"):
+        table.add_row(key, human_bytes(report[key]))
+    for part, value in report["memory_breakdown"].items():
+        table.add_row(f"  memory: {part}", human_bytes(value))
+    dev = report["device"]
+    table.add_row("eligible", f"{dev['eligible']} ({dev['quantization'] or 'does not fit'}; "
+                              f"{human_bytes(dev['memory_bytes'])} usable)")
+    for key in ("t_download_s", "t_compute_s", "t_upload_s", "round_time_s"):
+        table.add_row(key, human_time(dev[key]))
+    table.add_row("energy per round", f"{dev['energy_j']:.4g} J ({dev['co2_g']:.3g} g CO2)")
+    if "zero" in report:
+        z = report["zero"]
+        table.add_row(f"ZeRO-{z['stage']} x{z['gpus']} GPUs", human_bytes(z["model_state_bytes_per_gpu"]) + " per GPU")
+    Console().print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +83,22 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(dump(load(args.scenario, args.overrides)), sort_keys=False), end="")
             print(f"fedsim: {args.scenario} is valid", file=sys.stderr)
+            return 0
+        if args.command == "cost":
+            import json
+
+            from fedsim.cost import client_cost
+            from fedsim.scenario import load
+
+            report = client_cost(load(args.scenario, args.overrides), args.device, args.network, args.gpus,
+                                 args.zero, args.offload)
+            print(json.dumps(report, indent=2)) if args.json else _print_cost(report)
+            return 0
+        if args.command == "estimate":
+            from fedsim.estimate import estimate
+
+            result = estimate(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet)
+            print(result.run_dir)
             return 0
         from fedsim.runtime.engine import run
 

@@ -6,6 +6,7 @@ and down, latency, availability. Nothing here holds a process or a model; a mill
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,11 @@ class Population:
     down_bps: np.ndarray
     latency_s: np.ndarray
     availability: np.ndarray  # probability of being online when sampled
+
+    @functools.cached_property
+    def mean_availability(self) -> float:
+        """Mean probability of being online (computed once: selection sizes its candidate draw with it)."""
+        return float(self.availability.mean())
 
     @property
     def size(self) -> int:
@@ -90,4 +96,17 @@ def sample(cfg: PopulationConfig, cat: dict[str, Any], seed: int) -> Population:
         down_bps=per_network("down_mbps") * MBIT * bw,
         latency_s=per_network("latency_s"),
         availability=np.full(n, cfg.availability),
+    )
+
+
+def median_client(cat: dict[str, Any], device: str, network: str) -> Population:
+    """A one-client population at the catalog's class medians (no spread): what `fedsim cost` describes."""
+    d, n = cat["devices"][device], cat["networks"][network]
+    one = np.ones(1)
+    return Population(
+        device_names=(device,), network_names=(network,), device=np.zeros(1, np.int16),
+        network=np.zeros(1, np.int16), flops=one * d["peak_flops"] * d["efficiency"],
+        memory_bytes=one * d["memory_gb"] * 1e9, power_busy_w=one * d["power_busy_w"],
+        power_idle_w=one * d["power_idle_w"], up_bps=one * n["up_mbps"] * MBIT, down_bps=one * n["down_mbps"] * MBIT,
+        latency_s=one * n["latency_s"], availability=one,
     )

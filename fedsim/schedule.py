@@ -44,8 +44,7 @@ def select(s: Scenario, pop: Population, rnd: int) -> np.ndarray:
     """ceil(K x over_selection) distinct clients that are online now (uniform among the online ones)."""
     want = math.ceil(s.server.clients_per_round * s.server.over_selection)
     rng = stream(s.seed, "select", rnd)
-    mean_avail = float(pop.availability.mean())
-    n_cand = min(pop.size, math.ceil(want / mean_avail * 1.5) + 16)
+    n_cand = min(pop.size, math.ceil(want / pop.mean_availability * 1.5) + 16)
     cand = rng.choice(pop.size, size=n_cand, replace=False)
     online = cand[rng.random(n_cand) < pop.availability[cand]]
     return online[:want]

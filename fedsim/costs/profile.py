@@ -39,6 +39,18 @@ class CostProfile:
         """Peak training memory of one client at the scenario's own quantization."""
         return float(sum(self.memory_breakdown.values()))
 
+    def facts(self) -> dict:
+        """Model and per-client work facts for summaries and `fedsim cost`."""
+        return {
+            "model_params": self.shape.n_params,
+            "trainable_params": self.shape.n_trainable,
+            "adapter_bytes": self.bytes_down,
+            "upload_bytes": self.bytes_up,
+            "memory_bytes": self.memory_bytes,
+            "memory_breakdown": self.memory_breakdown,
+            "flops_per_client_round": self.flops_per_client,
+        }
+
 
 def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Population) -> CostProfile:
     """Combine shape, training config and catalog into the run's cost profile."""

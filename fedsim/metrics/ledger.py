@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -63,37 +64,39 @@ class Ledger:
     """Appends one JSON line per round, Parquet row groups of client rows, TensorBoard scalars."""
 
     def __init__(self, run_dir: str, flush_rows: int = 65536, per_device: bool = False):
-        from tensorboard.summary import Writer
+        from fedsim.metrics.tb import ScalarWriter
 
         self.dir = Path(run_dir)
         self._rounds = open(self.dir / "rounds.jsonl", "a", encoding="utf-8")
         self.schema = DEVICE_SCHEMA if per_device else CLIENT_SCHEMA
         name = "clients_by_device.parquet" if per_device else "clients.parquet"
         self._parquet = pq.ParquetWriter(str(self.dir / name), self.schema)
-        self._pending: list[pa.Table] = []
+        self._pending: list[dict[str, Any]] = []
         self._pending_rows = 0
         self._flush_rows = flush_rows
-        self._tb = Writer(str(self.dir / "tb"))
+        self._tb = ScalarWriter(self.dir / "tb")
 
     def record(self, round_row: dict[str, Any], client_cols: dict[str, Any]) -> None:
-        """Write one round: its summary line, its client (or per-device) rows, its scalars."""
+        """Write one round: its summary line, its client (or per-device) rows (buffered), its scalars."""
         row = {k: _clean(v) for k, v in round_row.items()}
         self._rounds.write(json.dumps(row) + "\n")
-        self._rounds.flush()
-        table = pa.table({f.name: pa.array(client_cols[f.name], type=f.type, from_pandas=True) for f in self.schema},
-                         schema=self.schema)
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
+        self._pending.append(client_cols)
+        self._pending_rows += len(client_cols["round"])
         if self._pending_rows >= self._flush_rows:
             self._flush()
-        for key, value in row.items():
-            if key != "round" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._tb.add_scalar(f"round/{key}", value, step=row["round"])
+        self._tb.add(row["round"], {f"round/{k}": v for k, v in row.items()
+                                    if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+    def flush(self) -> None:
+        """Make everything recorded so far durable (rounds.jsonl, TensorBoard; Parquet row groups as they fill)."""
+        self._rounds.flush()
         self._tb.flush()
 
     def _flush(self) -> None:
         if self._pending:
-            self._parquet.write_table(pa.concat_tables(self._pending))
+            cols = {f.name: pa.array(np.concatenate([np.asarray(p[f.name]) for p in self._pending]), type=f.type,
+                                     from_pandas=True) for f in self.schema}
+            self._parquet.write_table(pa.table(cols, schema=self.schema))
         self._pending, self._pending_rows = [], 0
 
     def close(self) -> None:

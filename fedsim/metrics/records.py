@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.costs.energy import carbon_g
-from fedsim.costs.profile import CostProfile
+from fedsim.costs.profile import CostProfile, fitting_option
 from fedsim.population import Population
 from fedsim.schedule import PHASES, STATUSES, RoundPlan
 
@@ -91,6 +91,39 @@ def device_columns(plan: RoundPlan, pop: Population) -> dict[str, np.ndarray]:
         "clients": counts[keep],
         **{k: np.bincount(cell, weights=c[k], minlength=n_dev * n_st)[keep] for k in AGGREGATED},
     }
+
+
+class DeviceTotals:
+    """Per-device-class totals over the run (counts by status, time, bytes, energy)."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+        self.counts = np.zeros((len(names), len(STATUSES)), np.int64)
+        self.sums = {k: np.zeros(len(names)) for k in AGGREGATED}
+
+    def add(self, cols: dict[str, np.ndarray]) -> None:
+        """Fold in one round's per-device rows (`device_columns`)."""
+        dev = np.array([self.names.index(d) for d in cols["device"]], dtype=np.int64)
+        st = np.array([STATUSES.index(x) for x in cols["status"]], dtype=np.int64)
+        np.add.at(self.counts, (dev, st), cols["clients"])
+        for k in AGGREGATED:
+            np.add.at(self.sums[k], dev, cols[k])
+
+    def table(self, pop: Population, profile: CostProfile) -> dict[str, dict[str, Any]]:
+        """summary.json's per_device: eligibility share, fallback use, counts, time, bytes, energy, CO2."""
+        option = fitting_option(profile, pop.memory_bytes)
+        out = {}
+        for i, name in enumerate(self.names):
+            mine = pop.device == i
+            row: dict[str, Any] = {"population": int(mine.sum()),
+                                   "eligible_share": float(np.mean(option[mine] >= 0)) if mine.any() else 0.0}
+            for q, quant in enumerate(profile.quantizations):
+                row[f"share_{quant}"] = float(np.mean(option[mine] == q)) if mine.any() else 0.0
+            row.update({s: int(self.counts[i, j]) for j, s in enumerate(STATUSES)})
+            row.update({k: float(v[i]) for k, v in self.sums.items()})
+            row["co2_g"] = row["energy_j"] / 3.6e6 * profile.grid_gco2_per_kwh
+            out[name] = row
+        return out
 
 
 def summarize(rows: list[dict], initial_eval: float | None, extra: dict[str, Any], trained: bool = True) -> dict:

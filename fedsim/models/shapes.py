@@ -43,6 +43,9 @@ def lora_config(peft_cfg: PeftConfig):
 
 
 def _count(config: dict[str, Any], peft_cfg: PeftConfig) -> ModelShape:
+    from fedsim.logs import quiet_libraries
+
+    quiet_libraries()
     import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -57,8 +57,9 @@ class Aggregator:
         return self.global_state
 
     def record(self, round_row: dict[str, Any], client_cols: dict[str, list]) -> None:
-        """Append a closed round to the ledger."""
+        """Append a closed round to the ledger and make it durable (a crash keeps every finished round)."""
         self.ledger.record(round_row, client_cols)
+        self.ledger.flush()
 
     def close(self) -> None:
         """Flush and close the ledger files."""

@@ -15,14 +15,15 @@ from fedsim import catalog, population
 from fedsim.clock import Clock
 from fedsim.costs.profile import build_profile
 from fedsim.metrics.console import RunConsole
-from fedsim.metrics.records import client_columns, round_row, summarize
+from fedsim.metrics.plots import budget_figure
+from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
 from fedsim.rundir import RunResult, open_run_dir, write_summary
 from fedsim.scenario import Scenario, dump, load
 from fedsim.schedule import plan_round
 
 
 def _setup(s: Scenario, run_dir: Path, con: RunConsole):
-    from fedsim.runtime.cluster import quiet_libraries
+    from fedsim.logs import quiet_libraries
 
     quiet_libraries()
     from transformers import AutoTokenizer
@@ -66,7 +67,7 @@ def run(
     try:
         initial_eval = pool.evaluate()
         startup_s = time.perf_counter() - t0
-        clock, rows = Clock(), []
+        clock, rows, totals = Clock(), [], DeviceTotals(pop.device_names)
         con.start(s.server.rounds)
         for rnd in range(1, s.server.rounds + 1):
             t_round = time.perf_counter()
@@ -78,21 +79,20 @@ def run(
             row = round_row(plan, stats, eval_loss, time.perf_counter() - t_round, profile)
             pool.record(row, client_columns(plan, pop, data.sizes, stats["client_losses"], profile.quantizations))
             rows.append(row)
+            totals.add(device_columns(plan, pop))
             con.update(row)
         _write_adapter(run_dir / "adapter", pool.export_adapter())
     finally:
         pool.close()
-    shape = profile.shape
     summary = summarize(rows, initial_eval, {
+        "mode": "train",
         "wall_time_s": time.perf_counter() - t0,
         "startup_s": startup_s,
         "num_workers": n_workers,
-        "model_params": shape.n_params,
-        "trainable_params": shape.n_trainable,
-        "adapter_bytes": profile.bytes_up,
-        "memory_bytes": profile.memory_bytes,
-        "flops_per_client_round": profile.flops_per_client,
+        **profile.facts(),
+        "per_device": totals.table(pop, profile),
     })
+    budget_figure(run_dir, rows, summary["per_device"])
     write_summary(run_dir, summary)
     con.finish(summary, str(run_dir))
     return RunResult(summary, rows, run_dir)

@@ -19,7 +19,7 @@ class Worker:
     """Trains virtual clients one after another on a shared base model (wrapped by `ray.remote`)."""
 
     def __init__(self, scenario: dict, model_dir: str, train_path: str, eval_path: str):
-        from fedsim.runtime.cluster import quiet_libraries
+        from fedsim.logs import quiet_libraries
 
         quiet_libraries()
         import datasets

@@ -50,10 +50,19 @@ def test_run_directory_contract(runs):
     for name in ("config.yaml", "rounds.jsonl", "clients.parquet", "summary.json", "adapter/adapter_config.json",
                  "adapter/adapter_model.safetensors"):
         assert (d / name).is_file(), name
-    assert list((d / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(d / "tb"))
+    tb.Reload()
+    evals = [(e.step, e.value) for e in tb.Scalars("round/eval_loss")]
+    assert [step for step, _ in evals] == [2, 4]
+    assert [e.step for e in tb.Scalars("round/bytes_up")] == [1, 2, 3, 4]
     rounds = _rounds(res)
     assert len(rounds) == 4 and all(ROUND_KEYS <= set(r) for r in rounds)
     assert [r["eval_loss"] is not None for r in rounds] == [False, True, False, True]
+    assert [v for _, v in evals] == pytest.approx([r["eval_loss"] for r in rounds if r["eval_loss"] is not None],
+                                                  rel=1e-6)  # TensorBoard stores float32
+    assert (d / "budget.png").stat().st_size > 10_000 and "per_device" in res.summary
     clients = pd.read_parquet(d / "clients.parquet")
     assert CLIENT_KEYS <= set(clients.columns)
     summary = json.loads((d / "summary.json").read_text())

@@ -1,0 +1,62 @@
+"""`fedsim cost`: one client's cost breakdown for a scenario's model, PEFT and training config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedsim import catalog
+from fedsim.costs import compute, energy
+from fedsim.costs.memory import DTYPE_BYTES, QUANT_BYTES
+from fedsim.costs.profile import build_profile, phase_costs, phase_times
+from fedsim.costs.zero import zero_gpu_bytes
+from fedsim.errors import ConfigError
+from fedsim.population import median_client
+from fedsim.scenario import Scenario
+
+
+def client_cost(s: Scenario, device: str, network: str | None = None, gpus: int = 0, zero_stage: int = 3,
+                offload: bool = False) -> dict[str, Any]:
+    """Model facts plus one median client of `device` on `network`: eligibility, phase times, bytes, energy.
+
+    With gpus > 0, also the per-GPU model-state memory under DeepSpeed ZeRO (server or multi-GPU silo).
+    """
+    from fedsim.models.shapes import model_shape
+
+    cat = catalog.load(s.population.catalog)
+    if device not in cat["devices"]:
+        raise ConfigError("--device", f"{device!r} not in the catalog (known: {', '.join(cat['devices'])})")
+    dev = cat["devices"][device]
+    network = network or max(dev["networks"], key=dev["networks"].get)
+    if network not in cat["networks"]:
+        raise ConfigError("--network", f"{network!r} not in the catalog (known: {', '.join(cat['networks'])})")
+    pop = median_client(cat, device, network)
+    shape = model_shape(s.model.cost_as or s.model.name, s.peft)
+    profile = build_profile(s, shape, cat, pop)
+    ids = np.zeros(1, np.int64)
+    full = phase_times(profile, pop, ids, np.ones(1))
+    option = int(full[3][0])
+    costs = phase_costs(profile, pop, ids, full[:3], full[:3])
+    t = s.training
+    out = {
+        "model": s.model.cost_as or s.model.name,
+        **profile.facts(),
+        "flops_per_step": compute.step_flops(shape, t.batch_size, t.seq_len, True, t.gradient_checkpointing),
+        "memory_options": dict(zip(profile.quantizations, profile.memory_options.tolist())),
+        "device": {
+            "name": device, "network": network, "memory_bytes": float(pop.memory_bytes[0]),
+            "eligible": option >= 0, "quantization": profile.quantizations[option] if option >= 0 else None,
+            "t_download_s": float(full[0][0]), "t_compute_s": float(full[1][0]), "t_upload_s": float(full[2][0]),
+            "round_time_s": float(full[0][0] + full[1][0] + full[2][0]),
+            "energy_j": float(costs["energy_j"][0]),
+            "co2_g": float(energy.carbon_g(costs["energy_j"][0], profile.grid_gco2_per_kwh)),
+        },
+    }
+    if gpus:
+        frozen_bpp = DTYPE_BYTES[s.model.dtype] if s.model.quantization == "none" else QUANT_BYTES[s.model.quantization]
+        largest = max(shape.vocab_size * shape.hidden_size, 1)
+        out["zero"] = {"gpus": gpus, "stage": zero_stage, "offload_optimizer": offload,
+                       "model_state_bytes_per_gpu": zero_gpu_bytes(shape.n_params, shape.n_trainable, gpus, zero_stage,
+                                                                   frozen_bpp, largest, offload_optimizer=offload)}
+    return out
