@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from fedsim import traces
 from fedsim.rng import stream
 from fedsim.scenario.schema import PopulationConfig
+from fedsim.traces import Windows
 
 MBIT = 1e6 / 8  # bytes per second in one Mbit/s
 
@@ -33,7 +35,8 @@ class Population:
     up_bps: np.ndarray  # bytes per second
     down_bps: np.ndarray
     latency_s: np.ndarray
-    availability: np.ndarray  # probability of being online when sampled
+    availability: np.ndarray  # probability of being online when sampled (online share with traces)
+    windows: Windows | None = None  # behaviour-trace online windows: who is online at a given virtual time
 
     @functools.cached_property
     def mean_availability(self) -> float:
@@ -61,6 +64,7 @@ def sample(cfg: PopulationConfig, cat: dict[str, Any], seed: int) -> Population:
 
     Speed and bandwidth vary within a class by a lognormal factor (median 1) so the catalog value is the
     class median; this is the heavy right tail of device speeds FedScale's traces show (Lai et al. 2022).
+    FedScale traces, when given, replace speed and bandwidth (device trace) and availability (behaviour trace).
     """
     n = cfg.num_clients
     rng = stream(seed, "population")
@@ -83,19 +87,27 @@ def sample(cfg: PopulationConfig, cat: dict[str, Any], seed: int) -> Population:
 
     speed = _lognormal(rng, cfg.compute_sigma, n)
     bw = _lognormal(rng, cfg.bandwidth_sigma, n)
+    flops = per_device("peak_flops") * per_device("efficiency") * speed
+    up, down = per_network("up_mbps") * MBIT * bw, per_network("down_mbps") * MBIT * bw
+    tr = cfg.traces
+    if tr.device:
+        flops, up = traces.device_capacity(tr.device, n, tr.reference_forward_flops)
+        down = up
+    windows = traces.behavior(tr.behavior, n) if tr.behavior else None
     return Population(
         device_names=tuple(dev_names),
         network_names=tuple(net_names),
         device=device,
         network=network,
-        flops=per_device("peak_flops") * per_device("efficiency") * speed,
+        flops=flops,
         memory_bytes=per_device("memory_gb") * 1e9,
         power_busy_w=per_device("power_busy_w"),
         power_idle_w=per_device("power_idle_w"),
-        up_bps=per_network("up_mbps") * MBIT * bw,
-        down_bps=per_network("down_mbps") * MBIT * bw,
+        up_bps=up,
+        down_bps=down,
         latency_s=per_network("latency_s"),
-        availability=np.full(n, cfg.availability),
+        availability=windows.share() if windows else np.full(n, cfg.availability),
+        windows=windows,
     )
 
 

@@ -40,14 +40,18 @@ class RoundPlan:
         return self.columns["client_id"][done][order]
 
 
-def select(s: Scenario, pop: Population, rnd: int) -> np.ndarray:
-    """ceil(K x over_selection) distinct clients that are online now (uniform among the online ones)."""
+def select(s: Scenario, pop: Population, rnd: int, now: float = 0.0) -> np.ndarray:
+    """ceil(K x over_selection) distinct clients that are online now (uniform among the online ones).
+
+    Online means: inside one of its behaviour-trace windows at virtual time `now` when the population has
+    traces, else a Bernoulli draw with the client's availability.
+    """
     want = math.ceil(s.server.clients_per_round * s.server.over_selection)
     rng = stream(s.seed, "select", rnd)
-    n_cand = min(pop.size, math.ceil(want / pop.mean_availability * 1.5) + 16)
+    n_cand = min(pop.size, math.ceil(want / max(pop.mean_availability, 1e-3) * 1.5) + 16)
     cand = rng.choice(pop.size, size=n_cand, replace=False)
-    online = cand[rng.random(n_cand) < pop.availability[cand]]
-    return online[:want]
+    is_online = pop.windows.online(cand, now) if pop.windows else rng.random(n_cand) < pop.availability[cand]
+    return cand[is_online][:want]
 
 
 def close_round(arrive: np.ndarray, fail: np.ndarray, k: int, deadline: float | None) -> tuple[float, np.ndarray]:
@@ -74,7 +78,7 @@ def close_round(arrive: np.ndarray, fail: np.ndarray, k: int, deadline: float | 
 def plan_round(s: Scenario, pop: Population, profile: CostProfile, clock: Clock, rnd: int) -> RoundPlan:
     """Select, time, fail and close one sync round; book every selected client's (partial) costs."""
     start = clock.now
-    ids = select(s, pop, rnd)
+    ids = select(s, pop, rnd, start)
     n = len(ids)
     jitter = stream(s.seed, "jitter", rnd).lognormal(0.0, s.population.round_jitter_sigma, n)
     t_down, t_comp, t_up, option = phase_times(profile, pop, ids, jitter)
@@ -86,6 +90,8 @@ def plan_round(s: Scenario, pop: Population, profile: CostProfile, clock: Clock,
     arrive = np.where(eligible & ~drops, total, np.inf)
     fail = np.where(drops, fail_at, np.inf)
     duration, completed = close_round(arrive, fail, s.server.clients_per_round, s.server.deadline_s)
+    if n == 0:  # nobody online: the server waits before it tries again
+        duration = s.server.retry_after_s
     clock.clear(start + duration)
     dropped = drops & (fail <= duration)
     status = np.where(completed, 0, np.where(dropped, 1, np.where(eligible, 2, 3))).astype(np.int8)

@@ -98,6 +98,9 @@ def _check(s: Scenario, raw: dict[str, Any], base: Path) -> dict[str, Any]:
     src = s.data.source
     if src != "synthetic" and (src.endswith(_DATA_SUFFIXES) or "/" in src and Path(src).suffix):
         _abs(raw, "data.source", base, must_exist=True)
+    for key in ("device", "behavior"):
+        if getattr(s.population.traces, key) is not None:
+            _abs(raw, f"population.traces.{key}", base, must_exist=True)
     if s.runtime.cluster != "local":
         _abs(raw, "runtime.cluster", base, must_exist=True)
     return raw

@@ -88,6 +88,15 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True, config=_CFG)
+class TracesConfig:
+    """FedScale-format traces overriding the sampled speed/bandwidth and availability (see fedsim.traces)."""
+
+    device: str | None = None  # client_device_capacity pickle
+    behavior: str | None = None  # client_behave_trace pickle
+    reference_forward_flops: PosFloat = 2.92e8  # FLOPs per sample of the model the trace was measured with
+
+
+@dataclass(frozen=True, config=_CFG)
 class PopulationConfig:
     """Virtual clients as data: mixtures over the catalog's device and network classes."""
 
@@ -102,6 +111,7 @@ class PopulationConfig:
     dropout: Prob = 0.1  # probability a selected client fails during the round
     availability: Annotated[float, Field(gt=0, le=1)] = 1.0  # probability a client is online when sampled
     catalog: str | None = None  # YAML merged over fedsim/catalog/defaults.yaml
+    traces: TracesConfig = Field(default_factory=TracesConfig)
 
 
 @dataclass(frozen=True, config=_CFG)
@@ -116,6 +126,7 @@ class ServerConfig:
     strategy: Literal["fedavg"] = "fedavg"
     server_lr: PosFloat = 1.0
     eval_every: NonNegInt = 5  # 0: only initial and final evaluation
+    retry_after_s: PosFloat = 60.0  # a round that finds nobody online waits this long before the next one
 
 
 @dataclass(frozen=True, config=_CFG)
