@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
+
 import numpy as np
 
 from fedsim.errors import ConfigError
