@@ -29,7 +29,7 @@ def run(scenario, overrides: dict[str, Any] | list[str] | None = None, out=None,
 def estimate(scenario, overrides: dict[str, Any] | list[str] | None = None, out=None, overwrite: bool = False,
              quiet: bool = True) -> RunResult:
     """Compute a scenario's costs without training (vectorized); same run-directory contract, null losses."""
-    from fedsim.estimate import estimate as _estimate
+    from fedsim.estimator import estimate as _estimate
 
     return _estimate(scenario, overrides, out, overwrite=overwrite, quiet=quiet)
 

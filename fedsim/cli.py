@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report, indent=2)) if args.json else _print_cost(report)
             return 0
         if args.command == "estimate":
-            from fedsim.estimate import estimate
+            from fedsim.estimator import estimate
 
             result = estimate(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet)
             print(result.run_dir)

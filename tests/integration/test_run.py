@@ -119,3 +119,15 @@ def test_model_learns_and_adapter_loads_with_peft(runs):
     model = PeftModel.from_pretrained(base, str(res.run_dir / "adapter"))
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(torch.count_nonzero(p) > 0 for p in lora_b)  # B starts at zero: it was trained
+
+
+def test_estimate_mode_books_exactly_the_costs_train_mode_booked(runs, tmp_path):
+    est = fedsim.estimate(TINY, out=tmp_path / "est")
+    skip = {"train_loss", "eval_loss", "wall_s", "aggregated"}
+    for trained, estimated in zip(_rounds(runs[1]), _rounds(est)):
+        assert {k: v for k, v in trained.items() if k not in skip} == {k: v for k, v in estimated.items() if k not in skip}
+        assert estimated["train_loss"] is None and estimated["eval_loss"] is None
+    a = pd.read_parquet(runs[1].run_dir / "clients.parquet").drop(columns=["trained", "train_loss"])
+    b = pd.read_parquet(est.run_dir / "clients.parquet").drop(columns=["trained", "train_loss"])
+    pd.testing.assert_frame_equal(a, b)
+    assert est.summary["clients_trained"] == 0 and est.summary["completed_total"] == runs[1].summary["clients_trained"]
