@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 from fedsim import catalog, population
-from fedsim.clock import Clock
 from fedsim.costs.profile import build_profile
 from fedsim.data.partition import client_sizes
 from fedsim.metrics.ledger import Ledger
 from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
 from fedsim.rundir import RunResult, open_run_dir, write_summary
 from fedsim.scenario import Scenario, load
-from fedsim.schedule import plan_round
+from fedsim.schedules import make_schedule
 
 
 def setup_costs(s: Scenario):
@@ -44,10 +43,10 @@ def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, o
         s.estimate.client_rows_limit
     ledger = Ledger(str(run_dir), per_device=per_device)
     totals = DeviceTotals(pop.device_names)
-    clock, rows = Clock(), []
+    schedule, rows = make_schedule(s, pop, profile), []
     for rnd in range(1, s.server.rounds + 1):
         t_round = time.perf_counter()
-        plan = plan_round(s, pop, profile, clock, rnd)
+        plan = schedule.next_round(rnd)
         by_device = device_columns(plan, pop)
         totals.add(by_device)
         row = round_row(plan, {}, None, time.perf_counter() - t_round, profile)
@@ -62,7 +61,7 @@ def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, o
         "sim_time_days": (rows[-1]["sim_time_s"] if rows else 0.0) / 86400,
         "per_device": totals.table(pop, profile),
         "client_rows": "clients_by_device.parquet" if per_device else "clients.parquet",
-    }, trained=False)
+    }, trained=False, target=s.server.target_loss)
     from fedsim.metrics.plots import budget_figure
 
     budget_figure(run_dir, rows, summary["per_device"])

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedsim import traces
+from fedsim.errors import ConfigError
 from fedsim.rng import stream
 from fedsim.scenario.schema import PopulationConfig
 from fedsim.traces import Windows
@@ -37,6 +38,7 @@ class Population:
     latency_s: np.ndarray
     availability: np.ndarray  # probability of being online when sampled (online share with traces)
     windows: Windows | None = None  # behaviour-trace online windows: who is online at a given virtual time
+    tz_offset_h: np.ndarray | None = None  # UTC offset of each client (diurnal availability)
 
     @functools.cached_property
     def mean_availability(self) -> float:
@@ -94,6 +96,14 @@ def sample(cfg: PopulationConfig, cat: dict[str, Any], seed: int) -> Population:
         flops, up = traces.device_capacity(tr.device, n, tr.reference_forward_flops)
         down = up
     windows = traces.behavior(tr.behavior, n) if tr.behavior else None
+    tz = None
+    if cfg.diurnal.amplitude > 0:
+        zones = list(cfg.diurnal.timezones)
+        try:
+            offsets = np.array([float(z) for z in zones])
+        except ValueError:
+            raise ConfigError("population.diurnal.timezones", f"keys must be UTC offsets in hours, got {zones}") from None
+        tz = offsets[stream(seed, "population-tz").choice(len(zones), size=n, p=_mixture(cfg.diurnal.timezones, zones))]
     return Population(
         device_names=tuple(dev_names),
         network_names=tuple(net_names),
@@ -108,6 +118,7 @@ def sample(cfg: PopulationConfig, cat: dict[str, Any], seed: int) -> Population:
         latency_s=per_network("latency_s"),
         availability=windows.share() if windows else np.full(n, cfg.availability),
         windows=windows,
+        tz_offset_h=tz,
     )
 
 

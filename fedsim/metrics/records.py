@@ -9,28 +9,40 @@ import numpy as np
 from fedsim.costs.energy import carbon_g
 from fedsim.costs.profile import CostProfile, fitting_option
 from fedsim.population import Population
-from fedsim.schedule import PHASES, STATUSES, RoundPlan
+from fedsim.schedules import PHASES, STATUSES, RoundPlan
+
+
+def _pct(values: np.ndarray, q: float) -> float | None:
+    values = values[np.isfinite(values)]
+    return float(np.percentile(values, q)) if values.size else None
 
 
 def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, wall_s: float,
               profile: CostProfile) -> dict:
-    """One rounds.jsonl object: counts by status, summed costs, losses, virtual and wall time.
+    """One rounds.jsonl object: counts by status, summed costs, straggler metrics, losses, virtual and wall time.
 
     energy_j is the clients' energy (it equals the sum of clients.parquet); the server, powered for the whole
-    round, is booked apart as server_energy_j; co2_g covers both.
+    round, is booked apart as server_energy_j; co2_g covers both. Waste is everything spent by clients whose
+    update was not used (dropped, late, stale, ineligible, or all of a round that missed its quorum).
+    finish_p*_s are percentiles of how long clients that did not fail needed (including stragglers cut off);
+    idle_client_s sums how long used updates waited between their arrival and the aggregation.
     """
     c = plan.columns
     counts = np.bincount(c["status"], minlength=len(STATUSES))
     energy = float(c["energy_j"].sum())
     server = profile.server_power_w * plan.duration_s
-    wasted = c["status"] != 0
+    wasted = ~c["used"]
+    used = c["used"]
+    finishing = np.isin(c["status"], (0, 2, 4))  # completed, late, stale
+    end = plan.start_s + plan.duration_s
     return {
         "round": plan.round,
-        "sim_time_s": plan.start_s + plan.duration_s,
+        "sim_time_s": end,
         "duration_s": plan.duration_s,
+        "failed": plan.failed,
         "selected": int(len(c["client_id"])),
         **{name: int(counts[i]) for i, name in enumerate(STATUSES)},
-        "aggregated": int(stats.get("aggregated", 0)),
+        "aggregated": int(stats.get("aggregated", used.sum())),
         "bytes_up": float(c["bytes_up"].sum()),
         "bytes_down": float(c["bytes_down"].sum()),
         "energy_j": energy,
@@ -38,6 +50,14 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
         "co2_g": float(carbon_g(energy + server, profile.grid_gco2_per_kwh)),
         "wasted_energy_j": float(c["energy_j"][wasted].sum()),
         "wasted_bytes": float(c["bytes_up"][wasted].sum() + c["bytes_down"][wasted].sum()),
+        "wasted_compute_s": float(c["t_compute_s"][wasted].sum()),
+        "finish_p50_s": _pct(c["full_s"][finishing], 50),
+        "finish_p90_s": _pct(c["full_s"][finishing], 90),
+        "finish_p99_s": _pct(c["full_s"][finishing], 99),
+        "straggler_share": float(counts[2] + counts[4]) / max(int(finishing.sum()), 1),
+        "idle_client_s": float((end - c["start_s"][used] - c["finish_s"][used]).sum()),
+        "staleness_mean": float(c["staleness"][used].mean()) if used.any() else None,
+        "staleness_max": int(c["staleness"][used].max()) if used.any() else None,
         "train_loss": stats.get("train_loss"),
         "eval_loss": eval_loss,
         "wall_s": wall_s,
@@ -53,9 +73,9 @@ def client_columns(plan: RoundPlan, pop: Population, sizes: np.ndarray, losses: 
     """
     c = plan.columns
     ids = c["client_id"]
-    trained = (c["status"] == 0) & (losses is not None)
+    trained = c["used"] & (losses is not None)
     loss = np.full(len(ids), np.nan)
-    order = np.argsort(c["finish_s"][trained], kind="stable")  # losses come in arrival order
+    order = np.argsort((c["start_s"] + c["finish_s"])[trained], kind="stable")  # losses come in arrival order
     loss[np.flatnonzero(trained)[order]] = losses if losses is not None else []
     quant = np.array([*quantizations, ""], dtype=object)  # -1 (ineligible) picks ""
     return {
@@ -66,8 +86,8 @@ def client_columns(plan: RoundPlan, pop: Population, sizes: np.ndarray, losses: 
         "status": np.array(STATUSES, dtype=object)[c["status"]],
         "failed_phase": np.array(PHASES, dtype=object)[c["failed_phase"]],
         "quantization": quant[c["quantization"]],
-        **{k: c[k] for k in ("t_download_s", "t_compute_s", "t_upload_s", "finish_s", "bytes_up", "bytes_down",
-                             "energy_j")},
+        **{k: c[k] for k in ("start_s", "t_download_s", "t_compute_s", "t_upload_s", "finish_s", "bytes_up",
+                             "bytes_down", "energy_j", "version", "staleness")},
         "num_samples": sizes[ids],
         "trained": trained,
         "train_loss": loss,
@@ -126,15 +146,19 @@ class DeviceTotals:
         return out
 
 
-def summarize(rows: list[dict], initial_eval: float | None, extra: dict[str, Any], trained: bool = True) -> dict:
+def summarize(rows: list[dict], initial_eval: float | None, extra: dict[str, Any], trained: bool = True,
+              target: float | None = None) -> dict:
     """summary.json: totals over rounds, first and last eval loss, plus run facts in `extra`.
 
     clients_trained counts client updates trained for real (0 in estimate mode; completed_total counts the
     updates the server would have used either way).
     """
     evals = [r["eval_loss"] for r in rows if r["eval_loss"] is not None]
+    reached = [r["sim_time_s"] for r in rows if target is not None and r["eval_loss"] is not None
+               and r["eval_loss"] <= target]
     total = {k: float(sum(r[k] for r in rows)) for k in ("bytes_up", "bytes_down", "energy_j", "server_energy_j",
-                                                          "co2_g", "wasted_energy_j", "wasted_bytes")}
+                                                          "co2_g", "wasted_energy_j", "wasted_bytes",
+                                                          "wasted_compute_s", "idle_client_s")}
     counts = {k: int(sum(r[k] for r in rows)) for k in ("selected", *STATUSES)}
     return {
         "rounds": len(rows),
@@ -144,5 +168,9 @@ def summarize(rows: list[dict], initial_eval: float | None, extra: dict[str, Any
         "clients_trained": counts["completed"] if trained else 0,
         "initial_eval_loss": initial_eval,
         "final_eval_loss": evals[-1] if evals else initial_eval,
+        "target_loss": target,
+        "time_to_target_s": reached[0] if reached else (0.0 if target and initial_eval and initial_eval <= target
+                                                         else None),
+        "failed_rounds": int(sum(bool(r["failed"]) for r in rows)),
         **extra,
     }

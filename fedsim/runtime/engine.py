@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from fedsim import catalog, population
-from fedsim.clock import Clock
 from fedsim.costs.profile import build_profile
 from fedsim.metrics.console import RunConsole
 from fedsim.metrics.plots import budget_figure
 from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
 from fedsim.rundir import RunResult, open_run_dir, write_summary
 from fedsim.scenario import Scenario, dump, load
-from fedsim.schedule import plan_round
+from fedsim.schedules import make_schedule
 
 
 def _setup(s: Scenario, run_dir: Path, con: RunConsole):
@@ -67,13 +66,15 @@ def run(
     try:
         initial_eval = pool.evaluate()
         startup_s = time.perf_counter() - t0
-        clock, rows, totals = Clock(), [], DeviceTotals(pop.device_names)
+        schedule, rows, totals = make_schedule(s, pop, profile), [], DeviceTotals(pop.device_names)
         con.start(s.server.rounds)
         for rnd in range(1, s.server.rounds + 1):
             t_round = time.perf_counter()
-            plan = plan_round(s, pop, profile, clock, rnd)
-            tasks = [(int(c), data.client_rows(c), int(data.sizes[c])) for c in plan.to_train]
-            stats = pool.train_round(rnd, tasks)
+            plan = schedule.next_round(rnd)
+            tasks = [(int(c), data.client_rows(c), float(data.sizes[c] * w), int(v))
+                     for c, v, w in zip(plan.to_train, plan.train_versions, plan.train_weights)]
+            keep = schedule.min_live_version() if hasattr(schedule, "min_live_version") else rnd
+            stats = pool.train_round(rnd, tasks, keep_versions_from=keep)
             due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
             eval_loss = pool.evaluate() if due else None
             row = round_row(plan, stats, eval_loss, time.perf_counter() - t_round, profile)
@@ -91,7 +92,7 @@ def run(
         "num_workers": n_workers,
         **profile.facts(),
         "per_device": totals.table(pop, profile),
-    })
+    }, target=s.server.target_loss)
     budget_figure(run_dir, rows, summary["per_device"])
     write_summary(run_dir, summary)
     con.finish(summary, str(run_dir))

@@ -38,10 +38,13 @@ class Pool:
             .remote(run_dir, init, scenario["server"]["server_lr"])
         )
         self.global_ref = self.aggregator.current.remote()
+        self.versions = {0: self.global_ref}  # global versions still referenced by clients in flight
         ray.get([w.pid.remote() for w in self.workers])  # wait until every model is loaded
 
-    def train_round(self, rnd: int, tasks: list[tuple[int, np.ndarray, int]]) -> dict[str, Any]:
-        """Train `tasks` [(client, rows, num_samples)] in arrival order from the current global; aggregate."""
+    def train_round(self, rnd: int, tasks: list[tuple[int, np.ndarray, float, int]],
+                    keep_versions_from: int) -> dict[str, Any]:
+        """Train `tasks` [(client, rows, weight, version)] in arrival order, each from the global version it was
+        dispatched with; aggregate into version `rnd`; forget versions older than `keep_versions_from`."""
         ray, agg = self.ray, self.aggregator
         agg.begin.remote(rnd)
         load = [0] * len(self.workers)
@@ -51,8 +54,8 @@ class Pool:
         while nxt < len(tasks) or pending:
             while nxt < len(tasks) and len(pending) < self.window and nxt < min(unfinished, default=nxt) + self.window:
                 w = load.index(min(load))
-                client, rows, n = tasks[nxt]
-                ref = self.workers[w].train.remote(rnd, client, rows, n, self.global_ref)
+                client, rows, weight, version = tasks[nxt]
+                ref = self.workers[w].train.remote(rnd, client, rows, weight, self.versions[version])
                 pending[ref], load[w] = (nxt, w), load[w] + 1
                 unfinished.add(nxt)
                 nxt += 1
@@ -63,6 +66,8 @@ class Pool:
                 unfinished.discard(seq)
                 agg.put.remote(seq, ref)
         self.global_ref, stats_ref = agg.finish.options(num_returns=2).remote()
+        self.versions[rnd] = self.global_ref
+        self.versions = {v: ref for v, ref in self.versions.items() if v >= keep_versions_from or v == rnd}
         return ray.get(stats_ref)
 
     def evaluate(self) -> float:

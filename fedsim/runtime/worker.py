@@ -42,8 +42,9 @@ class Worker:
         """The adapter as peft initialised it (identical on every worker: seeded)."""
         return self.lm.get_state()
 
-    def train(self, rnd: int, client: int, rows: np.ndarray, num_samples: int, global_state: dict) -> tuple:
-        """Train one client from `global_state`; returns (num_samples, mean loss, delta as the server decodes it)."""
+    def train(self, rnd: int, client: int, rows: np.ndarray, weight: float, global_state: dict) -> tuple:
+        """Train one client from `global_state`; returns (aggregation weight, mean loss, delta as the server
+        decodes it). The weight is its number of samples times any staleness discount."""
         from fedsim.costs.compression import cast, compress
         from fedsim.models.local import train_client
 
@@ -53,7 +54,7 @@ class Worker:
             self.lm, received, self.train_ids, self.train_labels, rows, self.s.training, self.s.seed, rnd, client
         )
         sent = {k: compress(v, c.transmit_dtype, c.upload_compression, c.topk_fraction) for k, v in delta.items()}
-        return float(num_samples), loss, sent
+        return float(weight), loss, sent
 
     def evaluate(self, global_state: dict) -> float:
         """Eval loss of the global adapter on the held-out set."""

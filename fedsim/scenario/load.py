@@ -5,6 +5,7 @@ Errors are `ConfigError`s naming the key path and what was expected; they are ra
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def _abs(raw: dict[str, Any], dotted: str, base: Path, must_exist: bool) -> str 
 def load(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
     """Read a scenario (a YAML path or an already-parsed dict), apply overrides, validate everything."""
     if isinstance(source, dict):
-        raw, base = dict(source), Path.cwd()
+        raw, base = copy.deepcopy(source), Path.cwd()  # overrides must never write into the caller's dict
     else:
         path = Path(source)
         if not path.is_file():
@@ -148,4 +149,4 @@ def load(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, A
 
 def dump(scenario: Scenario) -> dict[str, Any]:
     """The fully resolved scenario as plain data (what `config.yaml` holds)."""
-    return _ADAPTER.dump_python(scenario, mode="json")
+    return _ADAPTER.dump_python(scenario, mode="json", by_alias=True)

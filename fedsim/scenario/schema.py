@@ -97,6 +97,24 @@ class TracesConfig:
 
 
 @dataclass(frozen=True, config=_CFG)
+class HazardConfig:
+    """Failure rates per hour while a client is in each phase (exponential time to failure)."""
+
+    download: NonNegFloat = 0.0
+    compute: NonNegFloat = 0.0
+    upload: NonNegFloat = 0.0
+
+
+@dataclass(frozen=True, config=_CFG)
+class DiurnalConfig:
+    """Availability that follows local time: p(t) = availability x (1 + amplitude cos(2 pi (h - peak)/24))."""
+
+    amplitude: Annotated[float, Field(ge=0, le=1)] = 0.0
+    peak_hour: Annotated[float, Field(ge=0, lt=24)] = 20.0
+    timezones: dict[str, NonNegFloat] = Field(default_factory=lambda: {"0": 1.0})  # UTC offset (h) -> share
+
+
+@dataclass(frozen=True, config=_CFG)
 class PopulationConfig:
     """Virtual clients as data: mixtures over the catalog's device and network classes."""
 
@@ -108,10 +126,23 @@ class PopulationConfig:
     compute_sigma: NonNegFloat = 0.3  # lognormal spread of speed within a device class
     bandwidth_sigma: NonNegFloat = 0.5  # lognormal spread of bandwidth within a network class
     round_jitter_sigma: NonNegFloat = 0.1  # per-round lognormal noise on compute time
-    dropout: Prob = 0.1  # probability a selected client fails during the round
+    dropout: Prob = 0.1  # probability a selected client fails during the round (at a uniform instant)
+    hazard_per_hour: HazardConfig = Field(default_factory=HazardConfig)
+    diurnal: DiurnalConfig = Field(default_factory=DiurnalConfig)
     availability: Annotated[float, Field(gt=0, le=1)] = 1.0  # probability a client is online when sampled
     catalog: str | None = None  # YAML merged over fedsim/catalog/defaults.yaml
     traces: TracesConfig = Field(default_factory=TracesConfig)
+
+
+@dataclass(frozen=True, config=_CFG)
+class AsyncConfig:
+    """FedBuff: `concurrency` clients in flight, aggregate every `buffer_size` arrivals, staleness-discounted."""
+
+    concurrency: PosInt = 32
+    buffer_size: PosInt = 10
+    max_staleness: NonNegInt = 10  # updates staler than this are discarded (booked as waste, not trained)
+    staleness_weight: Literal["constant", "inverse_sqrt", "inverse", "polynomial"] = "inverse_sqrt"
+    staleness_exponent: PosFloat = 0.5  # polynomial: (1 + s)^-exponent
 
 
 @dataclass(frozen=True, config=_CFG)
@@ -122,7 +153,11 @@ class ServerConfig:
     clients_per_round: PosInt = 16
     over_selection: Annotated[float, Field(ge=1.0)] = 1.3
     deadline_s: PosFloat | None = None
-    schedule: Literal["sync"] = "sync"
+    schedule: Literal["sync", "async"] = "sync"
+    min_quorum: PosInt = 1  # sync: fewer completed updates -> the round fails, the model is unchanged
+    target_loss: PosFloat | None = None  # report the virtual time at which eval loss first reaches it
+    # "async" is FedBuff (Nguyen et al. 2022): `rounds` counts server aggregations.
+    async_: AsyncConfig = Field(default_factory=lambda: AsyncConfig(), alias="async")
     strategy: Literal["fedavg"] = "fedavg"
     server_lr: PosFloat = 1.0
     eval_every: NonNegInt = 5  # 0: only initial and final evaluation

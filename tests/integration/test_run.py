@@ -19,6 +19,9 @@ TINY = {
                    "devices": {"phone-budget": 0.3, "phone-flagship": 0.3, "laptop": 0.3, "gpu-workstation": 0.1}},
     "server": {"rounds": 4, "clients_per_round": 5, "over_selection": 1.6, "deadline_s": 120, "eval_every": 2},
 }
+ASYNC = {"server.schedule": "async", "server.async": {"concurrency": 8, "buffer_size": 3, "max_staleness": 2},
+         "server.rounds": 6, "server.eval_every": 3}
+TOPK = {"costs.upload_compression": "topk", "costs.topk_fraction": 0.25, "costs.transmit_dtype": "float16"}
 ROUND_KEYS = {"round", "sim_time_s", "duration_s", "selected", "completed", "dropped", "late", "ineligible",
               "bytes_up", "bytes_down", "energy_j", "train_loss", "eval_loss"}
 CLIENT_KEYS = {"round", "client_id", "device", "network", "status", "t_download_s", "t_compute_s", "t_upload_s",
@@ -35,6 +38,9 @@ def runs(tmp_path_factory):
         for workers in (1, 2):
             path = tmp_path_factory.mktemp(f"w{workers}")
             out[workers] = fedsim.run(TINY, {"runtime.num_workers": workers}, out=path / "run", quiet=True)
+        for name, workers, over in (("async1", 1, ASYNC), ("async2", 2, ASYNC), ("topk", 2, TOPK)):
+            out[name] = fedsim.run(TINY, {"runtime.num_workers": workers, **over},
+                                   out=tmp_path_factory.mktemp(name) / "run", quiet=True)
     finally:
         ray.shutdown()
     return out
@@ -131,3 +137,39 @@ def test_estimate_mode_books_exactly_the_costs_train_mode_booked(runs, tmp_path)
     b = pd.read_parquet(est.run_dir / "clients.parquet").drop(columns=["trained", "train_loss"])
     pd.testing.assert_frame_equal(a, b)
     assert est.summary["clients_trained"] == 0 and est.summary["completed_total"] == runs[1].summary["clients_trained"]
+
+
+def test_async_fedbuff_trains_from_dispatched_versions_deterministically(runs):
+    a, b = runs["async1"], runs["async2"]
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+    assert strip(_rounds(a)) == strip(_rounds(b))
+    assert (a.run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (b.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    clients = pd.read_parquet(a.run_dir / "clients.parquet")
+    used = clients[clients.trained]
+    assert (used.groupby("round").size() == 3).all()  # buffer size
+    assert (used.staleness == used["round"] - 1 - used.version).all() and used.staleness.max() <= 2
+    assert (clients.loc[clients.status == "stale", "staleness"] > 2).all()
+    assert not clients.loc[clients.status != "completed", "trained"].any()
+    assert a.summary["final_eval_loss"] < a.summary["initial_eval_loss"]
+    for key in ("finish_p50_s", "finish_p90_s", "finish_p99_s", "wasted_energy_j", "wasted_bytes"):
+        assert all(key in r for r in _rounds(a))
+
+
+def test_topk_compression_is_applied_and_counted(runs):
+    from fedsim.costs.compression import upload_bytes
+    from fedsim.models.shapes import model_shape
+
+    res = runs["topk"]
+    shape = model_shape("qwen2.5-0.5b", fedsim.validate(TINY).peft)
+    expected = upload_bytes(list(shape.trainable_tensors), "float16", "topk", 0.25)
+    clients = pd.read_parquet(res.run_dir / "clients.parquet")
+    done = clients[clients.status == "completed"]
+    np.testing.assert_allclose(done.bytes_up, expected)
+    assert expected < shape.n_trainable * 2 * 0.25 * 3.01  # values + indices of a quarter of the entries
+    assert res.summary["final_eval_loss"] < res.summary["initial_eval_loss"]
+    plain = _rounds(runs[2])
+    assert sum(r["bytes_up"] for r in _rounds(res)) < 0.6 * sum(r["bytes_up"] for r in plain)

@@ -47,6 +47,12 @@ def test_bad_values_name_the_key(override, path, words):
     assert "\n" not in str(err.value)
 
 
+def test_overrides_do_not_touch_the_callers_dict():
+    raw = {"server": {"rounds": 3}}
+    load(raw, {"server.rounds": 9, "server.async.concurrency": 4})
+    assert raw == {"server": {"rounds": 3}}
+
+
 def test_override_syntax_errors():
     with pytest.raises(ConfigError):
         parse_overrides(["no-equals-sign"])

@@ -6,8 +6,13 @@ from fedsim.clock import Clock
 from fedsim.costs.profile import CostProfile
 from fedsim.population import Population
 from fedsim.scenario import load
-from fedsim.schedule import STATUSES, plan_round, select
+from fedsim.schedules import STATUSES, SyncSchedule, close_round, select
 from tests.unit.test_costs import SHAPE
+
+
+def plan_round(s, pop, profile, clock, rnd):
+    return SyncSchedule(s, pop, profile, clock).next_round(rnd)
+
 
 TIMES = np.array([7.0, 1.0, 9.0, 3.0, 2.0, 10.0, 5.0, 4.0, 8.0, 6.0])  # compute seconds of clients 0..9
 
@@ -108,9 +113,9 @@ def test_rounds_are_deterministic_and_vary_by_round():
 def test_selection_only_takes_online_clients():
     s = load({}, {"population.num_clients": 10, "server.clients_per_round": 3, "server.over_selection": 1.0})
     pop = _pop(availability=0.5)
-    sizes = {len(select(s, pop, r)) for r in range(50)}
+    sizes = {len(select(s, pop, r, 0.0)) for r in range(50)}
     assert max(sizes) == 3 and min(sizes) >= 1
-    assert len(select(s, _pop(), 1)) == 3
+    assert len(select(s, _pop(), 1, 0.0)) == 3
 
 
 def _reference_close(arrive, fail, k, deadline):
@@ -137,8 +142,6 @@ def _reference_close(arrive, fail, k, deadline):
 
 
 def test_vectorized_close_equals_the_event_loop():
-    from fedsim.schedule import close_round
-
     rng = np.random.default_rng(0)
     for trial in range(3000):
         n = int(rng.integers(1, 12))
@@ -153,3 +156,22 @@ def test_vectorized_close_equals_the_event_loop():
         ref_close, ref_done = _reference_close(arrive, fail, k, deadline)
         assert duration == ref_close, (arrive, fail, k, deadline)
         assert list(np.flatnonzero(completed)) == ref_done, (arrive, fail, k, deadline)
+
+
+def test_round_below_quorum_fails_and_uses_nothing():
+    plan = plan_round(_scenario(**{"server.min_quorum": 6}), _pop(), PROFILE, Clock(), 1)
+    assert plan.failed and len(plan.to_train) == 0
+    assert (plan.columns["status"] == 0).sum() == 5  # they completed, but the server discards the round
+
+
+def test_diurnal_availability_follows_local_time():
+    import dataclasses
+
+    from fedsim.schedules.base import online_probability
+
+    s = _scenario(**{"population.diurnal": {"amplitude": 0.8, "peak_hour": 20, "timezones": {"0": 1}},
+                     "population.availability": 0.5})
+    pop = dataclasses.replace(_pop(availability=0.5), tz_offset_h=np.array([0.0] * 5 + [12.0] * 5))
+    at_20h_utc = online_probability(s, pop, np.arange(10), 20 * 3600.0)
+    np.testing.assert_allclose(at_20h_utc[:5], 0.5 * 1.8)  # local 20:00: the peak
+    np.testing.assert_allclose(at_20h_utc[5:], 0.5 * 0.2)  # local 08:00: the trough

@@ -9,7 +9,7 @@ from fedsim import catalog
 from fedsim.errors import ConfigError
 from fedsim.population import sample
 from fedsim.scenario import load
-from fedsim.schedule import select
+from fedsim.schedules import select
 from fedsim.traces import Windows, behavior, device_capacity
 
 

@@ -1,0 +1,125 @@
+"""What every schedule shares: the plan of one server step, availability-aware selection, failures, and the
+booking of partial work (pure numpy, no Ray, no torch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsim.costs.profile import CostProfile, phase_costs
+from fedsim.population import Population
+from fedsim.rng import stream
+from fedsim.scenario.schema import Scenario
+
+STATUSES = ("completed", "dropped", "late", "ineligible", "stale")
+COMPLETED, DROPPED, LATE, INELIGIBLE, STALE = range(len(STATUSES))
+PHASES = ("", "download", "compute", "upload")
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """One server step as the clock decided it: timing and one row per client that resolved in it.
+
+    Columns (arrays, one entry per client row): client_id, status (index into STATUSES), start_s (virtual
+    dispatch time), t_download_s / t_compute_s / t_upload_s (seconds of each phase actually spent), finish_s
+    (seconds from dispatch to arrival, NaN if it never arrived), full_s (seconds it would have needed),
+    failed_phase, quantization, bytes_down, bytes_up, energy_j, version (global version it trained from),
+    staleness (server versions since dispatch at arrival; -1 if it did not arrive), used (its update is
+    aggregated), weight (aggregation weight factor, e.g. the staleness discount).
+    """
+
+    round: int
+    start_s: float
+    duration_s: float
+    columns: dict[str, np.ndarray]
+    failed: bool = False  # a sync round that missed its quorum: nothing aggregated, the model is unchanged
+
+    def _used_order(self) -> np.ndarray:
+        c = self.columns
+        used = np.flatnonzero(c["used"])
+        return used[np.argsort(c["start_s"][used] + c["finish_s"][used], kind="stable")]
+
+    @property
+    def to_train(self) -> np.ndarray:
+        """Client ids whose update the server uses, in arrival (fold) order."""
+        return self.columns["client_id"][self._used_order()]
+
+    @property
+    def train_versions(self) -> np.ndarray:
+        """Global version each of `to_train` trains from."""
+        return self.columns["version"][self._used_order()]
+
+    @property
+    def train_weights(self) -> np.ndarray:
+        """Aggregation weight factor of each of `to_train` (multiplies its number of samples)."""
+        return self.columns["weight"][self._used_order()]
+
+
+def online_probability(s: Scenario, pop: Population, ids: np.ndarray, now: float) -> np.ndarray:
+    """Probability that clients `ids` are online at virtual time `now`: their availability, modulated by a
+    diurnal cosine in local time when `population.diurnal.amplitude` > 0 (peak at `peak_hour`)."""
+    p = pop.availability[ids]
+    d = s.population.diurnal
+    if d.amplitude > 0 and pop.tz_offset_h is not None:
+        local = (now / 3600.0 + pop.tz_offset_h[ids]) % 24.0
+        p = p * (1.0 + d.amplitude * np.cos(2 * np.pi * (local - d.peak_hour) / 24.0))
+    return np.clip(p, 0.0, 1.0)
+
+
+def select(s: Scenario, pop: Population, rnd: int, now: float, want: int | None = None,
+           exclude: np.ndarray | None = None, key: int = 0) -> np.ndarray:
+    """Up to `want` (default ceil(K x over_selection)) distinct clients online at `now`, uniformly among them.
+
+    Online: inside a behaviour-trace window when the population has traces, else a Bernoulli draw with the
+    client's (diurnally modulated) availability. `exclude` (e.g. clients already in flight) are never chosen.
+    """
+    if want is None:
+        want = math.ceil(s.server.clients_per_round * s.server.over_selection)
+    if want <= 0:
+        return np.zeros(0, np.int64)
+    rng = stream(s.seed, "select", rnd, key)
+    n_excl = 0 if exclude is None else len(exclude)
+    n_cand = min(pop.size, math.ceil((want + n_excl) / max(pop.mean_availability, 1e-3) * 1.5) + 16)
+    cand = rng.choice(pop.size, size=n_cand, replace=False)
+    if n_excl:
+        cand = cand[~np.isin(cand, exclude)]
+    if pop.windows is not None:
+        is_online = pop.windows.online(cand, now)
+    else:
+        is_online = rng.random(len(cand)) < online_probability(s, pop, cand, now)
+    return cand[is_online][:want].astype(np.int64)
+
+
+def failure_offsets(s: Scenario, rng: np.random.Generator, t_down: np.ndarray, t_comp: np.ndarray,
+                    t_up: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Seconds after dispatch at which each client fails (inf: it does not).
+
+    Two causes: a per-round dropout (probability `population.dropout`, at a uniform instant of its timeline)
+    and per-phase hazards (`population.hazard_per_hour`: exponential failure rates while downloading,
+    computing, uploading). The earlier one wins.
+    """
+    n = len(t_down)
+    total = t_down + t_comp + t_up
+    drop = rng.random(n) < s.population.dropout
+    fail = np.where(drop, rng.random(n) * total, np.inf)
+    h = s.population.hazard_per_hour
+    start = 0.0
+    for rate, dur in ((h.download, t_down), (h.compute, t_comp), (h.upload, t_up)):
+        if rate > 0:
+            x = rng.exponential(3600.0 / rate, n)
+            fail = np.minimum(fail, np.where(x < dur, start + x, np.inf))
+        start = start + dur
+    return np.where(eligible, fail, np.inf)
+
+
+def book(profile: CostProfile, pop: Population, ids: np.ndarray, full: tuple[np.ndarray, ...],
+         cut: np.ndarray) -> dict[str, np.ndarray]:
+    """Phases done by `cut` seconds after dispatch, the phase the cut falls in, and their bytes and joules."""
+    t_down, t_comp, t_up = full
+    done = (np.clip(cut, 0.0, t_down), np.clip(cut - t_down, 0.0, t_comp), np.clip(cut - t_down - t_comp, 0.0, t_up))
+    phase = np.where(cut <= t_down, 1, np.where(cut <= t_down + t_comp, 2, 3)).astype(np.int8)
+    return {"t_download_s": done[0], "t_compute_s": done[1], "t_upload_s": done[2], "phase": phase,
+            **phase_costs(profile, pop, ids, full, done)}

@@ -1,0 +1,90 @@
+"""The sync schedule (Bonawitz et al. 2019, "Towards Federated Learning at Scale"): over-select, then close
+the round at the K-th arrival or the deadline, whichever comes first; a round below its minimum quorum fails
+and leaves the model unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedsim.clock import Clock
+from fedsim.costs.profile import CostProfile, phase_times
+from fedsim.population import Population
+from fedsim.rng import stream
+from fedsim.scenario.schema import Scenario
+from fedsim.schedules.base import (
+    COMPLETED,
+    DROPPED,
+    INELIGIBLE,
+    LATE,
+    RoundPlan,
+    book,
+    failure_offsets,
+    select,
+)
+
+
+def close_round(arrive: np.ndarray, fail: np.ndarray, k: int, deadline: float | None) -> tuple[float, np.ndarray]:
+    """When a sync round closes and who made it, from each client's arrival and failure offsets (inf = never).
+
+    Equivalent to popping the round's events in (time, priority, seq) order -- arrivals before failures before
+    the deadline at equal times, ties in selection order -- and stopping at the K-th arrival, at the deadline,
+    or once every client has arrived or failed; vectorized (order statistics) so a round of thousands of
+    clients costs microseconds. Returns (duration, completed mask).
+    """
+    finite_arrive = np.isfinite(arrive)
+    events = np.concatenate([arrive[finite_arrive], fail[np.isfinite(fail)]])
+    if events.size == 0:
+        return 0.0, np.zeros(arrive.shape, bool)
+    t_all = float(events.max())
+    t_k = float(np.partition(arrive[finite_arrive], k - 1)[k - 1]) if finite_arrive.sum() >= k else np.inf
+    duration = min(t_all, t_k, np.inf if deadline is None else float(deadline))
+    completed = arrive < duration
+    ties = np.flatnonzero(arrive == duration)
+    completed[ties[: max(k - int(completed.sum()), 0)]] = True
+    return duration, completed
+
+
+class SyncSchedule:
+    """Rounds of over-selection, deadline and quorum on the virtual clock."""
+
+    def __init__(self, s: Scenario, pop: Population, profile: CostProfile, clock: Clock | None = None):
+        self.s, self.pop, self.profile = s, pop, profile
+        self.clock = clock if clock is not None else Clock()
+
+    def next_round(self, rnd: int) -> RoundPlan:
+        """Select, time, fail and close round `rnd`; book every selected client's (partial) costs."""
+        s, pop, clock = self.s, self.pop, self.clock
+        start = clock.now
+        ids = select(s, pop, rnd, start)
+        n = len(ids)
+        jitter = stream(s.seed, "jitter", rnd).lognormal(0.0, s.population.round_jitter_sigma, n)
+        t_down, t_comp, t_up, option = phase_times(self.profile, pop, ids, jitter)
+        eligible = option >= 0
+        total = t_down + t_comp + t_up
+        fail = failure_offsets(s, stream(s.seed, "dropout", rnd), t_down, t_comp, t_up, eligible)
+        arrive = np.where(eligible & ~np.isfinite(fail), total, np.inf)
+        duration, completed = close_round(arrive, fail, s.server.clients_per_round, s.server.deadline_s)
+        if n == 0:  # nobody online: the server waits before it tries again
+            duration = s.server.retry_after_s
+        clock.clear(start + duration)
+        dropped = np.isfinite(fail) & (fail <= duration)
+        status = np.select([completed, dropped, eligible], [COMPLETED, DROPPED, LATE], INELIGIBLE).astype(np.int8)
+        cut = np.select([completed, dropped, eligible], [total, fail, duration], 0.0)
+        booked = book(self.profile, pop, ids, (t_down, t_comp, t_up), cut)
+        failed = int(completed.sum()) < s.server.min_quorum
+        return RoundPlan(rnd, start, duration, {
+            "client_id": ids,
+            "status": status,
+            "start_s": np.full(n, start),
+            **{k: booked[k] for k in ("t_download_s", "t_compute_s", "t_upload_s", "bytes_down", "bytes_up",
+                                      "energy_j")},
+            "finish_s": np.where(completed, total, np.nan),
+            "full_s": np.where(eligible, total, np.nan),
+            "failed_phase": np.where((status == DROPPED) | (status == LATE), booked["phase"], 0).astype(np.int8),
+            "quantization": option.astype(np.int8),
+            "version": np.full(n, rnd - 1, np.int64),
+            "staleness": np.where(completed, 0, -1).astype(np.int64),
+            "used": completed & (not failed),
+            "weight": np.ones(n),
+        }, failed=failed)
