@@ -4,6 +4,8 @@
     fedsim estimate SCENARIO [--out DIR] [--set key=value ...]
     fedsim cost SCENARIO --device CLASS [--network CLASS] [--gpus N --zero 3] [--json]
     fedsim validate SCENARIO [--set key=value ...]
+    fedsim report RUN_DIR
+    fedsim compare RUN_A RUN_B ... [--out DIR]
 
 Configuration and usage errors print one line and exit with code 2; nothing already written is touched.
 """
@@ -43,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--offload", action="store_true", help="ZeRO optimizer offload to CPU for --gpus")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     scenario_cmd("validate", "check a scenario and print it fully resolved")
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html (timeline, round times, loss, costs)")
+    rep.add_argument("run_dir")
+    cmp_ = sub.add_parser("compare", help="overlay several runs (e.g. sync vs async) in one HTML page")
+    cmp_.add_argument("run_dirs", nargs="+")
+    cmp_.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     return p
 
 
@@ -76,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fedsim` console script."""
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("report", "compare"):
+            from fedsim.report import compare, write_report
+
+            print(write_report(args.run_dir) if args.command == "report" else compare(args.run_dirs, args.out))
+            return 0
         if args.command == "validate":
             import yaml
 

@@ -95,6 +95,9 @@ def run(
     }, target=s.server.target_loss)
     budget_figure(run_dir, rows, summary["per_device"])
     write_summary(run_dir, summary)
+    from fedsim.report import write_report
+
+    write_report(run_dir)
     con.finish(summary, str(run_dir))
     return RunResult(summary, rows, run_dir)
 

@@ -173,3 +173,34 @@ def test_topk_compression_is_applied_and_counted(runs):
     assert res.summary["final_eval_loss"] < res.summary["initial_eval_loss"]
     plain = _rounds(runs[2])
     assert sum(r["bytes_up"] for r in _rounds(res)) < 0.6 * sum(r["bytes_up"] for r in plain)
+
+
+def test_report_and_compare_pages_are_self_contained(runs, tmp_path):
+    import base64
+    import re
+    import subprocess
+    import sys
+
+    from fedsim.report import compare
+
+    page = runs["async2"].run_dir / "report.html"  # written automatically at the end of the run
+    text = page.read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(images) >= 5  # timeline, round times, loss, costs, staleness, budget
+    assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
+    assert "src=\"http" not in text and "time to target loss" in text
+    for name in ("timeline", "round_times", "loss", "costs", "staleness"):
+        assert (runs["async2"].run_dir / "report" / f"{name}.png").is_file()
+    out = compare([runs[2].run_dir, runs["async2"].run_dir], tmp_path / "cmp")
+    assert out.name == "compare.html" and len(re.findall("data:image/png", out.read_text())) == 2
+    table = pd.read_parquet(tmp_path / "cmp" / "compare_rounds.parquet")
+    assert table.run.nunique() == 2 and len(table) == len(_rounds(runs[2])) + len(_rounds(runs["async2"]))
+    bad = subprocess.run([sys.executable, "-m", "fedsim", "report", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a fedsim run directory" in bad.stderr
+
+
+def test_estimate_async_books_what_train_async_booked(runs, tmp_path):
+    est = fedsim.estimate(TINY, ASYNC, out=tmp_path / "est-async")
+    skip = {"train_loss", "eval_loss", "wall_s", "aggregated"}
+    for trained, estimated in zip(_rounds(runs["async1"]), _rounds(est)):
+        assert {k: v for k, v in trained.items() if k not in skip} == {k: v for k, v in estimated.items() if k not in skip}
