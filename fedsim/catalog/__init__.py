@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from fedsim.errors import ConfigError
+from fedsim.yamlfile import read_mapping
 
 HERE = Path(__file__).parent
 
@@ -45,13 +45,5 @@ def load(override: str | None = None) -> dict[str, Any]:
     cat = _defaults()
     if override is None:
         return copy.deepcopy(cat)
-    path = Path(override)
-    if not path.is_file():
-        raise ConfigError("population.catalog", f"file not found: {override}")
-    try:
-        extra = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError("population.catalog", f"not valid YAML: {exc}".splitlines()[0]) from None
-    if not isinstance(extra, dict):
-        raise ConfigError("population.catalog", "expected a mapping with devices/networks/energy")
+    extra = read_mapping(override, "population.catalog", "devices / networks / energy")
     return _merge(cat, extra)

@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
-import yaml
-from pydantic import TypeAdapter, ValidationError
-
-from fedsim.errors import ConfigError
 from fedsim.scenario.schema import ClusterSpec, RuntimeConfig
 
 # Variables the worker processes must see (offline hubs, caches), forwarded into every actor's runtime_env.
 FORWARDED_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "FEDSIM_CACHE", "TORCH_EXTENSIONS_DIR",
                  "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
-
-
-def load_cluster(name: str) -> ClusterSpec:
-    """'local' (the embedded default) or a cluster YAML path -> ClusterSpec."""
-    if name == "local":
-        return ClusterSpec()
-    try:
-        raw = yaml.safe_load(Path(name).read_text()) or {}
-        return TypeAdapter(ClusterSpec).validate_python(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError("runtime.cluster", f"cannot read {name}: {exc}") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"runtime.cluster({name}).{'.'.join(map(str, err['loc']))}", err["msg"]) from None
 
 
 def worker_env() -> dict[str, str]:

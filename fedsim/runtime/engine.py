@@ -30,8 +30,9 @@ def _setup(s: Scenario, run_dir: Path, con: RunConsole):
     from fedsim.data.prepare import prepare
     from fedsim.models.base import ensure_base_model
     from fedsim.models.shapes import model_shape
-    from fedsim.runtime.cluster import init_ray, load_cluster, pool_size
+    from fedsim.runtime.cluster import init_ray, pool_size
     from fedsim.runtime.pool import Pool
+    from fedsim.scenario.load import load_cluster
 
     cat = catalog.load(s.population.catalog)
     pop = population.sample(s.population, cat, s.seed)

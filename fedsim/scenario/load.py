@@ -15,7 +15,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from fedsim import catalog
 from fedsim.errors import ConfigError
-from fedsim.scenario.schema import Scenario
+from fedsim.scenario.schema import ClusterSpec, Scenario
+from fedsim.yamlfile import read_mapping
 
 _ADAPTER = TypeAdapter(Scenario)
 _DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -103,8 +104,19 @@ def _check(s: Scenario, raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if getattr(s.population.traces, key) is not None:
             _abs(raw, f"population.traces.{key}", base, must_exist=True)
     if s.runtime.cluster != "local":
-        _abs(raw, "runtime.cluster", base, must_exist=True)
+        load_cluster(_abs(raw, "runtime.cluster", base, must_exist=True))
     return raw
+
+
+def load_cluster(name: str) -> ClusterSpec:
+    """'local' (the embedded default) or a cluster YAML path -> ClusterSpec (checked like a scenario)."""
+    if name == "local":
+        return ClusterSpec()
+    try:
+        return TypeAdapter(ClusterSpec).validate_python(read_mapping(name, "runtime.cluster", "cluster keys"))
+    except ValidationError as exc:
+        err = _explain(exc)
+        raise ConfigError(f"runtime.cluster({name}).{err.path}", str(err).split(": ", 1)[-1]) from None
 
 
 def _abs(raw: dict[str, Any], dotted: str, base: Path, must_exist: bool) -> str | None:
@@ -127,16 +139,8 @@ def load(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, A
     if isinstance(source, dict):
         raw, base = copy.deepcopy(source), Path.cwd()  # overrides must never write into the caller's dict
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError("", f"scenario file not found: {source}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(str(path), f"not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(str(path), "expected a mapping of sections (model, peft, data, ...)")
-        base = path.resolve().parent
+        raw = read_mapping(source, "scenario", "sections (model, peft, data, ...)")
+        base = Path(source).resolve().parent
     for key, value in parse_overrides(overrides).items():
         _apply(raw, key, value)
     try:

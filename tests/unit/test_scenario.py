@@ -62,8 +62,16 @@ def test_override_syntax_errors():
 
 
 def test_missing_scenario_file():
-    with pytest.raises(ConfigError, match="scenario file not found"):
+    with pytest.raises(ConfigError, match="file not found: nope.yaml"):
         load("nope.yaml")
+
+
+def test_broken_cluster_spec_fails_at_load(tmp_path):
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text("worker: {num_cpus: -1}\n")
+    with pytest.raises(ConfigError) as err:
+        load({}, {"runtime.cluster": str(spec)})
+    assert "worker.num_cpus" in err.value.path and "greater than or equal to 0" in str(err.value)
 
 
 @pytest.mark.parametrize("args", [
