@@ -1,7 +1,8 @@
 """Build the run's data once: load or generate samples, partition them across clients, tokenize, cache.
 
 The result is two tokenized `datasets` on disk (train pool and held-out eval set; fixed-length `input_ids`
-and `labels` with the prompt masked out) plus a CSR partition (client -> rows). Workers memory-map the
+and `labels` with the prompt masked out, and each row's `label`: task family or label column) plus a CSR
+partition (client -> rows). Workers memory-map the
 datasets; a task carries only its client's row ids. Tokenization happens here, once, never per round.
 """
 
@@ -79,7 +80,8 @@ def prepare(cfg: DataConfig, num_clients: int, seed: int, tokenizer, seq_len: in
     import datasets
 
     sizes = partition.client_sizes(cfg, num_clients, seed)
-    key = digest({"cfg": dataclasses.asdict(cfg), "n": num_clients, "seed": seed, "seq": seq_len, "tok": tok_id})
+    key = digest({"cfg": dataclasses.asdict(cfg), "n": num_clients, "seed": seed, "seq": seq_len, "tok": tok_id,
+                  "v": 2})
     root = cache_dir("data") / key
     if cfg.source == "synthetic":
         labels = synthetic.FAMILIES
@@ -112,10 +114,13 @@ def prepare(cfg: DataConfig, num_clients: int, seed: int, tokenizer, seq_len: in
     offsets, rows, reuse = partition.assign_rows(counts, pools, seed)
     with FileLock(str(root) + ".lock"):
         if not (root / "eval" / "dataset_info.json").is_file():
+            synthetic_src = cfg.source == "synthetic"
             fn_kwargs = dict(tokenizer=tokenizer, seq_len=seq_len,
-                             prompt_field="prompt" if cfg.source == "synthetic" else cfg.prompt_field,
-                             response_field="response" if cfg.source == "synthetic" else cfg.response_field)
+                             prompt_field="prompt" if synthetic_src else cfg.prompt_field,
+                             response_field="response" if synthetic_src else cfg.response_field)
+            label = "task" if synthetic_src else cfg.label_field
             for name, part in zip(("train", "eval"), build()):
                 tok = part.map(tokenize_batch, batched=True, fn_kwargs=fn_kwargs, remove_columns=part.column_names)
-                tok.save_to_disk(str(root / name))
+                kinds = [str(v) for v in part[label]] if label in part.column_names else [""] * len(part)
+                tok.add_column("label", kinds).save_to_disk(str(root / name))
     return PreparedData(str(root / "train"), str(root / "eval"), offsets, rows, tuple(labels), reuse)

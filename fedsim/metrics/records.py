@@ -12,9 +12,11 @@ from fedsim.population import Population
 from fedsim.schedules import PHASES, STATUSES, RoundPlan
 
 
-def _pct(values: np.ndarray, q: float) -> float | None:
+def _percentiles(values: np.ndarray) -> dict[str, float | None]:
+    """finish_p50_s / p90 / p99 of the finite values (None when there are none)."""
     values = values[np.isfinite(values)]
-    return float(np.percentile(values, q)) if values.size else None
+    qs = np.percentile(values, (50, 90, 99)) if values.size else (None,) * 3
+    return {f"finish_p{q}_s": (None if v is None else float(v)) for q, v in zip((50, 90, 99), qs)}
 
 
 def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, wall_s: float,
@@ -51,9 +53,7 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
         "wasted_energy_j": float(c["energy_j"][wasted].sum()),
         "wasted_bytes": float(c["bytes_up"][wasted].sum() + c["bytes_down"][wasted].sum()),
         "wasted_compute_s": float(c["t_compute_s"][wasted].sum()),
-        "finish_p50_s": _pct(c["full_s"][finishing], 50),
-        "finish_p90_s": _pct(c["full_s"][finishing], 90),
-        "finish_p99_s": _pct(c["full_s"][finishing], 99),
+        **_percentiles(c["full_s"][finishing]),
         "straggler_share": float(counts[2] + counts[4]) / max(int(finishing.sum()), 1),
         "idle_client_s": float((end - c["start_s"][used] - c["finish_s"][used]).sum()),
         "staleness_mean": float(c["staleness"][used].mean()) if used.any() else None,

@@ -74,8 +74,7 @@ def run(
             plan = schedule.next_round(rnd)
             tasks = [(int(c), data.client_rows(c), float(data.sizes[c] * w), int(v))
                      for c, v, w in zip(plan.to_train, plan.train_versions, plan.train_weights)]
-            keep = schedule.min_live_version() if hasattr(schedule, "min_live_version") else rnd
-            stats = pool.train_round(rnd, tasks, keep_versions_from=keep)
+            stats = pool.train_round(rnd, tasks, keep_versions_from=schedule.min_live_version())
             due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
             eval_loss = pool.evaluate() if due else None
             row = round_row(plan, stats, eval_loss, time.perf_counter() - t_round, profile)

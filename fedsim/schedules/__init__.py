@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from fedsim.clock import Clock
 from fedsim.costs.profile import CostProfile
 from fedsim.population import Population
@@ -10,11 +12,23 @@ from fedsim.schedules.base import PHASES, STATUSES, RoundPlan, select
 from fedsim.schedules.fedbuff import FedBuffSchedule
 from fedsim.schedules.sync import SyncSchedule, close_round
 
-__all__ = ["PHASES", "STATUSES", "FedBuffSchedule", "RoundPlan", "SyncSchedule", "close_round", "make_schedule",
-           "select"]
+__all__ = ["PHASES", "STATUSES", "FedBuffSchedule", "RoundPlan", "Schedule", "SyncSchedule", "close_round",
+           "make_schedule", "select"]
 
 
-def make_schedule(s: Scenario, pop: Population, profile: CostProfile, clock: Clock | None = None):
+class Schedule(Protocol):
+    """Decides, on the virtual clock, who trains in each server step and what everyone's work cost."""
+
+    clock: Clock
+
+    def next_round(self, rnd: int) -> RoundPlan:
+        """Run the virtual clock through server step `rnd` (which ends in global version `rnd`)."""
+
+    def min_live_version(self) -> int:
+        """Oldest global version a future step may still train from; older ones can be forgotten."""
+
+
+def make_schedule(s: Scenario, pop: Population, profile: CostProfile, clock: Clock | None = None) -> Schedule:
     """The schedule the scenario names (`server.schedule`)."""
     cls = FedBuffSchedule if s.server.schedule == "async" else SyncSchedule
     return cls(s, pop, profile, clock)

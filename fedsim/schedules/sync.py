@@ -51,6 +51,11 @@ class SyncSchedule:
     def __init__(self, s: Scenario, pop: Population, profile: CostProfile, clock: Clock | None = None):
         self.s, self.pop, self.profile = s, pop, profile
         self.clock = clock if clock is not None else Clock()
+        self.version = 0
+
+    def min_live_version(self) -> int:
+        """Every sync round trains from the latest global only."""
+        return self.version
 
     def next_round(self, rnd: int) -> RoundPlan:
         """Select, time, fail and close round `rnd`; book every selected client's (partial) costs."""
@@ -73,6 +78,7 @@ class SyncSchedule:
         cut = np.select([completed, dropped, eligible], [total, fail, duration], 0.0)
         booked = book(self.profile, pop, ids, (t_down, t_comp, t_up), cut)
         failed = int(completed.sum()) < s.server.min_quorum
+        self.version = rnd
         return RoundPlan(rnd, start, duration, {
             "client_id": ids,
             "status": status,

@@ -38,12 +38,28 @@ def runs(tmp_path_factory):
         for workers in (1, 2):
             path = tmp_path_factory.mktemp(f"w{workers}")
             out[workers] = fedsim.run(TINY, {"runtime.num_workers": workers}, out=path / "run", quiet=True)
-        for name, workers, over in (("async1", 1, ASYNC), ("async2", 2, ASYNC), ("topk", 2, TOPK)):
+        for name, workers, over in (("async1", 1, ASYNC), ("async2", 2, ASYNC), ("topk", 2, TOPK),
+                                    ("local", 2, _local_model_and_file(tmp_path_factory.mktemp("data")))):
             out[name] = fedsim.run(TINY, {"runtime.num_workers": workers, **over},
                                    out=tmp_path_factory.mktemp(name) / "run", quiet=True)
     finally:
         ray.shutdown()
     return out
+
+
+def _local_model_and_file(folder):
+    """Overrides that use a local HF model directory and a local jsonl dataset with its own field names."""
+    from fedsim.data.synthetic import FAMILIES, generate
+    from fedsim.models.base import ensure_base_model
+    from fedsim.scenario import load
+
+    data = generate({f: 150 for f in FAMILIES[:4]}, seed=9, name="file")
+    path = folder / "instructions.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": a, "family": t}) + "\n"
+                            for q, a, t in zip(data["prompt"], data["response"], data["task"])))
+    return {"model.name": str(ensure_base_model(load(TINY).model)), "data.source": str(path),
+            "data.prompt_field": "question", "data.response_field": "answer", "data.label_field": "family",
+            "data.eval_samples": 48}
 
 
 def _rounds(result):
@@ -204,3 +220,12 @@ def test_estimate_async_books_what_train_async_booked(runs, tmp_path):
     skip = {"train_loss", "eval_loss", "wall_s", "aggregated"}
     for trained, estimated in zip(_rounds(runs["async1"]), _rounds(est)):
         assert {k: v for k, v in trained.items() if k not in skip} == {k: v for k, v in estimated.items() if k not in skip}
+
+
+def test_local_model_directory_and_jsonl_dataset(runs):
+    res = runs["local"]
+    config = (res.run_dir / "config.yaml").read_text()
+    assert "instructions.jsonl" in config and "fedsim-tiny-llama-" in config
+    assert res.summary["final_eval_loss"] < res.summary["initial_eval_loss"]
+    clients = pd.read_parquet(res.run_dir / "clients.parquet")
+    assert clients.trained.sum() > 0 and (clients.num_samples > 0).all()
