@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="run directory (default runs/<scenario name>)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run directory")
     e.add_argument("--quiet", action="store_true", help="no summary table")
+    e.add_argument("--report", action="store_true", help="also write report.html (as fedsim report does)")
     c = scenario_cmd("cost", "one client's cost breakdown (model, memory, FLOPs, bytes, time, energy)")
     c.add_argument("--device", required=True, help="catalog device class, e.g. phone-flagship")
     c.add_argument("--network", help="catalog network class (default: the device's most common)")
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "estimate":
             from fedsim.estimator import estimate
 
-            result = estimate(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet)
+            result = estimate(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet,
+                              report=args.report)
             print(result.run_dir)
             return 0
         from fedsim.runtime.engine import run

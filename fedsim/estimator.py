@@ -1,7 +1,7 @@
 """Estimate mode: the whole federation's costs without training, fully vectorized (numpy only).
 
-Same scenario, population, cost profile and sync schedule as train mode; nothing is trained, so loss fields
-are null. A million clients and a thousand rounds take seconds: torch, transformers and peft are not
+Same scenario, population, cost profile and schedule (sync or async) as train mode, so for the same seed it
+books exactly the same times, bytes and energy; nothing is trained, so loss fields are null. A million clients and a thousand rounds take seconds: torch, transformers and peft are not
 imported when the model's shape is already in the cache (`fedsim.models.shapes`).
 """
 
@@ -11,8 +11,7 @@ import math
 import time
 from pathlib import Path
 
-from fedsim import catalog, population
-from fedsim.costs.profile import build_profile
+from fedsim.costs.profile import scenario_costs
 from fedsim.data.partition import client_sizes
 from fedsim.metrics.ledger import Ledger
 from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
@@ -21,26 +20,23 @@ from fedsim.scenario import Scenario, load
 from fedsim.schedules import make_schedule
 
 
-def setup_costs(s: Scenario):
-    """Catalog, population and cost profile of a scenario (shared by estimate and cost)."""
-    from fedsim.models.shapes import model_shape
-
-    cat = catalog.load(s.population.catalog)
-    pop = population.sample(s.population, cat, s.seed)
-    shape = model_shape(s.model.cost_as or s.model.name, s.peft)
-    return cat, pop, build_profile(s, shape, cat, pop)
+def expected_client_rows(s: Scenario) -> int:
+    """Roughly how many client rows a run writes (async: a step resolves ~2 buffers' worth of dispatches)."""
+    per_step = 2 * s.server.async_.buffer_size if s.server.schedule == "async" else \
+        math.ceil(s.server.clients_per_round * s.server.over_selection)
+    return s.server.rounds * per_step
 
 
 def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, overwrite: bool = False,
-             quiet: bool = False) -> RunResult:
-    """Run a scenario in estimate mode and write its run directory (costs only, loss fields null)."""
+             quiet: bool = False, report: bool = False) -> RunResult:
+    """Run a scenario in estimate mode and write its run directory (costs only, loss fields null); with
+    `report`, also report.html."""
     t0 = time.perf_counter()
     s = scenario if isinstance(scenario, Scenario) else load(scenario, overrides)
     run_dir = open_run_dir(out, s, overwrite)
-    _, pop, profile = setup_costs(s)
+    _, pop, profile = scenario_costs(s)
     sizes = client_sizes(s.data, s.population.num_clients, s.seed)
-    per_device = s.server.rounds * math.ceil(s.server.clients_per_round * s.server.over_selection) > \
-        s.estimate.client_rows_limit
+    per_device = expected_client_rows(s) > s.estimate.client_rows_limit
     ledger = Ledger(str(run_dir), per_device=per_device)
     totals = DeviceTotals(pop.device_names)
     schedule, rows = make_schedule(s, pop, profile), []
@@ -56,9 +52,6 @@ def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, o
     summary = summarize(rows, None, {
         "mode": "estimate",
         **profile.facts(),
-        "energy_kwh": sum(r["energy_j"] + r["server_energy_j"] for r in rows) / 3.6e6,
-        "co2_kg": sum(r["co2_g"] for r in rows) / 1000,
-        "sim_time_days": (rows[-1]["sim_time_s"] if rows else 0.0) / 86400,
         "per_device": totals.table(pop, profile),
         "client_rows": "clients_by_device.parquet" if per_device else "clients.parquet",
     }, trained=False, target=s.server.target_loss)
@@ -67,6 +60,10 @@ def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, o
     budget_figure(run_dir, rows, summary["per_device"])
     summary["wall_time_s"] = time.perf_counter() - t0
     write_summary(run_dir, summary)
+    if report:
+        from fedsim.report import write_report
+
+        write_report(run_dir)
     if not quiet:
         from fedsim.metrics.console import RunConsole
 

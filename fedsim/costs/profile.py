@@ -81,6 +81,18 @@ def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Popu
     )
 
 
+def scenario_costs(s: Scenario, model: str | None = None) -> tuple[dict[str, Any], Population, CostProfile]:
+    """Catalog, population and cost profile of a scenario. The shape is that of `model.cost_as`, else `model`
+    (default `model.name`); it comes from the shape cache, so torch is imported only for a new config."""
+    from fedsim import catalog, population
+    from fedsim.models.shapes import model_shape
+
+    cat = catalog.load(s.population.catalog)
+    pop = population.sample(s.population, cat, s.seed)
+    shape = model_shape(s.model.cost_as or model or s.model.name, s.peft)
+    return cat, pop, build_profile(s, shape, cat, pop)
+
+
 def fitting_option(p: CostProfile, memory_bytes: np.ndarray) -> np.ndarray:
     """Index into p.quantizations of the first option each client can hold, -1 if none (ineligible)."""
     fits = memory_bytes[:, None] >= p.memory_options[None, :]

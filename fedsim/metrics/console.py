@@ -62,7 +62,8 @@ class RunConsole:
         """Stop the bar and print the summary table."""
         if self.progress:
             self.progress.stop()
-        table = Table(title=f"fedsim run: {run_dir}", show_header=False)
+        table = Table(title=f"fedsim {'estimate' if summary.get('mode') == 'estimate' else 'run'}: {run_dir}",
+                      show_header=False)
         fmt = {
             "rounds": str, "sim_time_s": human_time, "wall_time_s": lambda v: f"{v:.1f}s",
             "bytes_up": human_bytes, "bytes_down": human_bytes, "energy_j": lambda v: f"{v / 3.6e6:.4g} kWh",

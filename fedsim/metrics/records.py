@@ -160,10 +160,14 @@ def summarize(rows: list[dict], initial_eval: float | None, extra: dict[str, Any
                                                           "co2_g", "wasted_energy_j", "wasted_bytes",
                                                           "wasted_compute_s", "idle_client_s")}
     counts = {k: int(sum(r[k] for r in rows)) for k in ("selected", *STATUSES)}
+    sim_time = rows[-1]["sim_time_s"] if rows else 0.0
     return {
         "rounds": len(rows),
-        "sim_time_s": rows[-1]["sim_time_s"] if rows else 0.0,
+        "sim_time_s": sim_time,
+        "sim_time_days": sim_time / 86400,
         **total,
+        "energy_kwh": (total["energy_j"] + total["server_energy_j"]) / 3.6e6,
+        "co2_kg": total["co2_g"] / 1000,
         **{f"{k}_total": v for k, v in counts.items()},
         "clients_trained": counts["completed"] if trained else 0,
         "initial_eval_loss": initial_eval,

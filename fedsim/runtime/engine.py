@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedsim import catalog, population
-from fedsim.costs.profile import build_profile
+from fedsim.costs.profile import scenario_costs
 from fedsim.metrics.console import RunConsole
 from fedsim.metrics.plots import budget_figure
 from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
@@ -29,20 +28,16 @@ def _setup(s: Scenario, run_dir: Path, con: RunConsole):
 
     from fedsim.data.prepare import prepare
     from fedsim.models.base import ensure_base_model
-    from fedsim.models.shapes import model_shape
     from fedsim.runtime.cluster import init_ray, pool_size
     from fedsim.runtime.pool import Pool
     from fedsim.scenario.load import load_cluster
 
-    cat = catalog.load(s.population.catalog)
-    pop = population.sample(s.population, cat, s.seed)
     model_dir = ensure_base_model(s.model, log=con.log)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = prepare(s.data, s.population.num_clients, s.seed, tokenizer, s.training.seq_len, str(model_dir))
     if data.reuse > 1:
         con.log(f"[yellow]data.source has fewer rows than the clients ask for: rows reused up to {data.reuse:.1f}x")
-    shape = model_shape(s.model.cost_as or str(model_dir), s.peft)
-    profile = build_profile(s, shape, cat, pop)
+    _, pop, profile = scenario_costs(s, str(model_dir))
     spec = load_cluster(s.runtime.cluster)
     ray = init_ray(spec)
     n = pool_size(ray, spec, s.runtime)
