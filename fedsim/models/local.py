@@ -23,10 +23,17 @@ class LocalModel:
     model: object
     names: list[str]
     params: list  # torch.nn.Parameter, same order as names
+    device: str = "cpu"
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Current adapter weights as float32 numpy arrays."""
-        return {n: p.detach().float().numpy().copy() for n, p in zip(self.names, self.params)}
+        return {n: p.detach().float().cpu().numpy().copy() for n, p in zip(self.names, self.params)}
+
+    def batch(self, rows: np.ndarray):
+        """int32 numpy rows -> a long tensor on the model's device."""
+        import torch
+
+        return torch.from_numpy(rows).long().to(self.device)
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Load adapter weights (in place, no re-allocation)."""
@@ -38,7 +45,10 @@ class LocalModel:
 
 
 def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32", checkpointing: bool = False) -> LocalModel:
-    """Load the base model ONCE and wrap it with the scenario's LoRA config (adapter initialised by peft)."""
+    """Load the base model ONCE and wrap it with the scenario's LoRA config (adapter initialised by peft).
+
+    On a GPU worker (Ray sets CUDA_VISIBLE_DEVICES for actors that reserve `num_gpus`) the model lives on the GPU.
+    """
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -53,8 +63,10 @@ def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(base, lora_config(peft_cfg))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
     named = sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
-    return LocalModel(model, [n for n, _ in named], [p for _, p in named])
+    return LocalModel(model, [n for n, _ in named], [p for _, p in named], device)
 
 
 def train_client(
@@ -79,9 +91,7 @@ def train_client(
     losses = []
     for step in range(cfg.local_steps):
         idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-        ids = torch.from_numpy(input_ids[idx]).long()
-        lab = torch.from_numpy(labels[idx]).long()
-        loss = lm.model(input_ids=ids, labels=lab).loss
+        loss = lm.model(input_ids=lm.batch(input_ids[idx]), labels=lm.batch(labels[idx])).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -103,10 +113,9 @@ def evaluate(lm: LocalModel, state: dict[str, np.ndarray], input_ids: np.ndarray
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(input_ids), batch):
-            ids = torch.from_numpy(input_ids[i : i + batch]).long()
-            lab = torch.from_numpy(labels[i : i + batch]).long()
+            lab = lm.batch(labels[i : i + batch])
             n = int((lab[:, 1:] != -100).sum())
-            loss = lm.model(input_ids=ids, labels=lab).loss
+            loss = lm.model(input_ids=lm.batch(input_ids[i : i + batch]), labels=lab).loss
             total += float(loss) * n
             count += n
     return total / max(count, 1)
