@@ -18,12 +18,15 @@ if TYPE_CHECKING:
     from fedsim.scenario.schema import Scenario
 
 
-def run(scenario, overrides: dict[str, Any] | list[str] | None = None, out=None, overwrite: bool = False,
-        quiet: bool = False) -> RunResult:
-    """Run a scenario (path, dict or Scenario) in train mode; returns summary, per-round records, run dir."""
+def run(scenario=None, overrides: dict[str, Any] | list[str] | None = None, out=None, overwrite: bool = False,
+        quiet: bool = False, resume=None, stop_after: int | None = None) -> RunResult:
+    """Run a scenario (path, dict or Scenario) in train mode; returns summary, per-round records, run dir.
+
+    `stop_after=N` stops after round N with a checkpoint; `resume=RUN_DIR` continues from its newest one.
+    """
     from fedsim.runtime.engine import run as _run
 
-    return _run(scenario, overrides, out, overwrite=overwrite, quiet=quiet)
+    return _run(scenario, overrides, out, overwrite=overwrite, quiet=quiet, resume=resume, stop_after=stop_after)
 
 
 def estimate(scenario, overrides: dict[str, Any] | list[str] | None = None, out=None, overwrite: bool = False,

@@ -1,6 +1,7 @@
 """The `fedsim` command line: a thin layer over the Python API.
 
-    fedsim run SCENARIO [--out DIR] [--set key=value ...]
+    fedsim run SCENARIO [--out DIR] [--set key=value ...] [--stop-after ROUND]
+    fedsim run --resume RUN_DIR
     fedsim estimate SCENARIO [--out DIR] [--set key=value ...]
     fedsim cost SCENARIO --device CLASS [--network CLASS] [--gpus N --zero 3] [--json]
     fedsim validate SCENARIO [--set key=value ...]
@@ -22,15 +23,17 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedsim", description="Simulate federated fine-tuning of LLMs on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def scenario_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+    def scenario_cmd(name: str, help_: str, optional: bool = False) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
-        c.add_argument("scenario", help="scenario YAML file")
+        c.add_argument("scenario", nargs="?" if optional else None, help="scenario YAML file")
         c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a scenario key, e.g. --set server.rounds=5 (repeatable; value parsed as YAML)")
         return c
 
-    r = scenario_cmd("run", "train a federation and write its run directory")
+    r = scenario_cmd("run", "train a federation and write its run directory", optional=True)
     r.add_argument("--out", help="run directory (default runs/<scenario name>)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint")
+    r.add_argument("--stop-after", type=int, metavar="ROUND", help="stop (with a checkpoint) after this round")
     r.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run directory")
     r.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     e = scenario_cmd("estimate", "compute a federation's costs without training (fast, vectorized)")
@@ -114,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
                               report=args.report)
             print(result.run_dir)
             return 0
+        if (args.scenario is None) == (args.resume is None):
+            raise ConfigError("run", "give either a SCENARIO or --resume RUN_DIR")
         from fedsim.runtime.engine import run
 
-        result = run(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet)
+        result = run(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet,
+                     resume=args.resume, stop_after=args.stop_after)
         print(result.run_dir)
         return 0
     except ConfigError as err:

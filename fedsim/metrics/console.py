@@ -40,14 +40,14 @@ class RunConsole:
         """A status line."""
         self.console.print(f"[dim]fedsim[/dim] {msg}")
 
-    def start(self, rounds: int) -> None:
-        """Begin the round progress bar."""
+    def start(self, rounds: int, done: int = 0) -> None:
+        """Begin the round progress bar (`done` rounds already run, when resuming)."""
         self.progress = Progress(
             TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), console=self.console, transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("rounds", total=rounds, info="")
+        self.task = self.progress.add_task("rounds", total=rounds, completed=done, info="")
 
     def update(self, row: dict[str, Any]) -> None:
         """Advance by one closed round."""

@@ -17,10 +17,11 @@ from fedsim.strategies.fedavg import OrderedFold, WeightedMean, apply_update
 class Aggregator:
     """Central server state (wrapped by `ray.remote`); one instance per run."""
 
-    def __init__(self, run_dir: str, global_state: dict[str, np.ndarray], server_lr: float):
+    def __init__(self, run_dir: str, global_state: dict[str, np.ndarray], server_lr: float,
+                 resume_rows: list[dict[str, Any]] | None = None):
         self.global_state = {k: np.array(v, dtype=np.float32) for k, v in global_state.items()}
         self.server_lr = server_lr
-        self.ledger = Ledger(run_dir)
+        self.ledger = Ledger(run_dir, resume_rows=resume_rows)
         self.begin(0)
 
     def begin(self, rnd: int) -> None:
@@ -59,7 +60,11 @@ class Aggregator:
     def record(self, round_row: dict[str, Any], client_cols: dict[str, list]) -> None:
         """Append a closed round to the ledger and make it durable (a crash keeps every finished round)."""
         self.ledger.record(round_row, client_cols)
-        self.ledger.flush()
+        self.ledger.flush(parquet=True)
+
+    def flush(self) -> None:
+        """Returns once every round recorded before it is on disk (rounds are flushed as they are recorded)."""
+        self.ledger.flush(parquet=True)
 
     def close(self) -> None:
         """Flush and close the ledger files."""

@@ -16,11 +16,12 @@ from fedsim.metrics.console import RunConsole
 from fedsim.metrics.plots import budget_figure
 from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
 from fedsim.rundir import RunResult, open_run_dir, write_summary
+from fedsim.runtime import checkpoint
 from fedsim.scenario import Scenario, dump, load
 from fedsim.schedules import make_schedule
 
 
-def _setup(s: Scenario, run_dir: Path, con: RunConsole):
+def _setup(s: Scenario, run_dir: Path, con: RunConsole, resume=None):
     from fedsim.logs import quiet_libraries
 
     quiet_libraries()
@@ -42,29 +43,51 @@ def _setup(s: Scenario, run_dir: Path, con: RunConsole):
     ray = init_ray(spec)
     n = pool_size(ray, spec, s.runtime)
     con.log(f"{s.population.num_clients} virtual clients on {n} worker actor(s); base model {model_dir.name}")
-    pool = Pool(ray, n, spec, dump(s), str(model_dir), data, str(run_dir))
+    pool = Pool(ray, n, spec, dump(s), str(model_dir), data, str(run_dir), resume)
     return pop, profile, data, pool, n
 
 
+def _open(scenario, overrides, out, overwrite: bool, resume: str | Path | None):
+    """(scenario, run dir, checkpoint state or None, checkpoint versions or None) for a new or resumed run."""
+    if resume is None:
+        s = scenario if isinstance(scenario, Scenario) else load(scenario, overrides)
+        return s, open_run_dir(out, s, overwrite), None, None
+    run_dir = Path(resume)
+    s = load(run_dir / "config.yaml", overrides)
+    state, versions = checkpoint.latest(run_dir)
+    checkpoint.truncate_ledger(run_dir, state["round"])
+    return s, run_dir, state, versions
+
+
 def run(
-    scenario: str | Path | dict | Scenario,
+    scenario: str | Path | dict | Scenario | None,
     overrides: list[str] | dict[str, Any] | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    resume: str | Path | None = None,
+    stop_after: int | None = None,
 ) -> RunResult:
-    """Run a scenario in train mode and write its run directory (see README: outputs)."""
+    """Run a scenario in train mode and write its run directory (see README: outputs).
+
+    `resume`: continue the run directory from its newest checkpoint (bit for bit: same rows, same adapter as an
+    uninterrupted run). `stop_after`: stop (with a checkpoint) after that round, to resume later.
+    """
     t0 = time.perf_counter()
-    s = scenario if isinstance(scenario, Scenario) else load(scenario, overrides)
-    run_dir = open_run_dir(out, s, overwrite)
+    s, run_dir, state, versions = _open(scenario, overrides, out, overwrite, resume)
     con = RunConsole(quiet)
-    pop, profile, data, pool, n_workers = _setup(s, run_dir, con)
+    pop, profile, data, pool, n_workers = _setup(s, run_dir, con, (versions, state["rows"]) if state else None)
+    schedule = make_schedule(s, pop, profile)
     try:
-        initial_eval = pool.evaluate()
+        if state:
+            schedule.restore(state["schedule"])
+            initial_eval, rows, totals = state["initial_eval"], state["rows"], state["totals"]
+        else:
+            initial_eval, rows, totals = pool.evaluate(), [], DeviceTotals(pop.device_names)
         startup_s = time.perf_counter() - t0
-        schedule, rows, totals = make_schedule(s, pop, profile), [], DeviceTotals(pop.device_names)
-        con.start(s.server.rounds)
-        for rnd in range(1, s.server.rounds + 1):
+        last = min(s.server.rounds, stop_after or s.server.rounds)
+        con.start(s.server.rounds, done=len(rows))
+        for rnd in range(len(rows) + 1, last + 1):
             t_round = time.perf_counter()
             plan = schedule.next_round(rnd)
             tasks = [(int(c), data.client_rows(c), float(data.sizes[c] * w), int(v))
@@ -77,11 +100,16 @@ def run(
             rows.append(row)
             totals.add(device_columns(plan, pop))
             con.update(row)
+            if rnd == last or (s.runtime.checkpoint_every and rnd % s.runtime.checkpoint_every == 0):
+                pool.flush()
+                checkpoint.save(run_dir, rnd, {"schedule": schedule.state(), "rows": rows, "totals": totals,
+                                               "initial_eval": initial_eval}, pool.version_states())
         _write_adapter(run_dir / "adapter", pool.export_adapter())
     finally:
         pool.close()
     summary = summarize(rows, initial_eval, {
         "mode": "train",
+        "complete": len(rows) == s.server.rounds,
         "wall_time_s": time.perf_counter() - t0,
         "startup_s": startup_s,
         "num_workers": n_workers,

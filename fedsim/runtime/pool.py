@@ -20,14 +20,17 @@ from fedsim.scenario.schema import ClusterSpec
 class Pool:
     """N worker actors plus the aggregator actor of one run."""
 
-    def __init__(self, ray, n: int, spec: ClusterSpec, scenario: dict, model_dir: str, data, run_dir: str):
+    def __init__(self, ray, n: int, spec: ClusterSpec, scenario: dict, model_dir: str, data, run_dir: str,
+                 resume: tuple[dict[int, dict], list[dict]] | None = None):
+        """Start the actors; with `resume` = (global versions, kept round rows) continue from a checkpoint."""
         self.ray = ray
         env = {"env_vars": worker_env()}
         res = spec.worker
         actor = ray.remote(Worker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, runtime_env=env)
         self.workers = [actor.remote(scenario, model_dir, data.train_path, data.eval_path) for _ in range(n)]
         self.window = n * scenario["runtime"]["max_inflight_per_worker"]
-        init = self.workers[0].initial_state.remote()
+        versions = resume[0] if resume else {0: self.workers[0].initial_state.remote()}
+        init = versions[max(versions)]
         here = ray.get_runtime_context().get_node_id()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -35,10 +38,12 @@ class Pool:
         self.aggregator = (
             ray.remote(Aggregator)
             .options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False), runtime_env=env)
-            .remote(run_dir, init, scenario["server"]["server_lr"])
+            .remote(run_dir, init, scenario["server"]["server_lr"], resume[1] if resume else None)
         )
         self.global_ref = self.aggregator.current.remote()
-        self.versions = {0: self.global_ref}  # global versions still referenced by clients in flight
+        # global versions still referenced by clients in flight
+        self.versions = {v: ray.put(state) for v, state in versions.items()} if resume else {0: self.global_ref}
+        self.versions[max(self.versions)] = self.global_ref
         ray.get([w.pid.remote() for w in self.workers])  # wait until every model is loaded
 
     def train_round(self, rnd: int, tasks: list[tuple[int, np.ndarray, float, int]],
@@ -70,6 +75,10 @@ class Pool:
         self.versions = {v: ref for v, ref in self.versions.items() if v >= keep_versions_from or v == rnd}
         return ray.get(stats_ref)
 
+    def version_states(self) -> dict[int, dict[str, np.ndarray]]:
+        """The global versions still referenced, as arrays (for a checkpoint)."""
+        return dict(zip(self.versions, self.ray.get(list(self.versions.values()))))
+
     def evaluate(self) -> float:
         """Eval loss of the current global adapter (on the first worker)."""
         return self.ray.get(self.workers[0].evaluate.remote(self.global_ref))
@@ -81,6 +90,10 @@ class Pool:
     def record(self, round_row: dict, client_cols: dict) -> None:
         """Hand a closed round to the aggregator's ledger (asynchronous)."""
         self.aggregator.record.remote(round_row, client_cols)
+
+    def flush(self) -> None:
+        """Wait until the aggregator has written every round recorded so far (before a checkpoint)."""
+        self.ray.get(self.aggregator.flush.remote())
 
     def close(self) -> None:
         """Close the ledger and stop the actors."""

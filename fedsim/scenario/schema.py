@@ -175,6 +175,7 @@ class RuntimeConfig:
     # dtype the proxy model actually trains in; model.dtype is what the cost models book. float32 is fastest
     # on CPUs (bf16 matmuls are ~2x slower there); use bfloat16 on GPU workers.
     train_dtype: Dtype = "float32"
+    checkpoint_every: NonNegInt = 5  # rounds between checkpoints (0: only when the invocation ends)
 
 
 @dataclass(frozen=True, config=_CFG)

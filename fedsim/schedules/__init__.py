@@ -27,6 +27,12 @@ class Schedule(Protocol):
     def min_live_version(self) -> int:
         """Oldest global version a future step may still train from; older ones can be forgotten."""
 
+    def state(self) -> dict:
+        """Checkpointable state (plain data)."""
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()`."""
+
 
 def make_schedule(s: Scenario, pop: Population, profile: CostProfile, clock: Clock | None = None) -> Schedule:
     """The schedule the scenario names (`server.schedule`)."""

@@ -62,6 +62,17 @@ class FedBuffSchedule:
         live = [r["version"] for r in self.inflight.values()]
         return max(min(live, default=self.version), self.version - self.cfg.max_staleness)
 
+    def state(self) -> dict:
+        """Checkpointable state: the clock with its pending arrivals/failures, clients in flight, counters."""
+        return {"clock": self.clock.state(), "version": self.version, "inflight": self.inflight, "seq": self.seq,
+                "batch": self.batch, "resolved": self._resolved}
+
+    def restore(self, state: dict) -> None:
+        """Continue from `state()`."""
+        self.clock = Clock.from_state(state["clock"])
+        self.version, self.seq, self.batch = state["version"], state["seq"], state["batch"]
+        self.inflight, self._resolved = dict(state["inflight"]), list(state["resolved"])
+
     def _dispatch(self, rnd: int) -> None:
         """Fill free slots with online clients not in flight, at the current virtual time."""
         s, pop = self.s, self.pop

@@ -57,6 +57,14 @@ class SyncSchedule:
         """Every sync round trains from the latest global only."""
         return self.version
 
+    def state(self) -> dict:
+        """Checkpointable state (the clock and the version; random draws are keyed by round)."""
+        return {"clock": self.clock.state(), "version": self.version}
+
+    def restore(self, state: dict) -> None:
+        """Continue from `state()`."""
+        self.clock, self.version = Clock.from_state(state["clock"]), state["version"]
+
     def next_round(self, rnd: int) -> RoundPlan:
         """Select, time, fail and close round `rnd`; book every selected client's (partial) costs."""
         s, pop, clock = self.s, self.pop, self.clock
