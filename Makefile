@@ -24,7 +24,7 @@ $(BIN)/fedsim: setup.py
 venv: $(BIN)/fedsim
 
 run: venv
-	$(BIN)/fedsim run scenarios/quickstart.yaml --out runs/quickstart
+	$(BIN)/fedsim run scenarios/quickstart.yaml --out runs/quickstart --overwrite
 
 test: venv
 	$(BIN)/python -m pytest -q tests
