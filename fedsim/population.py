@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from fedsim import traces
-from fedsim.errors import ConfigError
 from fedsim.rng import stream
 from fedsim.scenario.schema import PopulationConfig
 from fedsim.traces import Windows
@@ -98,12 +97,9 @@ def sample(cfg: PopulationConfig, cat: dict[str, Any], seed: int) -> Population:
     windows = traces.behavior(tr.behavior, n) if tr.behavior else None
     tz = None
     if cfg.diurnal.amplitude > 0:
-        zones = list(cfg.diurnal.timezones)
-        try:
-            offsets = np.array([float(z) for z in zones])
-        except ValueError:
-            raise ConfigError("population.diurnal.timezones", f"keys must be UTC offsets in hours, got {zones}") from None
-        tz = offsets[stream(seed, "population-tz").choice(len(zones), size=n, p=_mixture(cfg.diurnal.timezones, zones))]
+        zones = list(cfg.diurnal.timezones)  # keys checked at load: UTC offsets in hours
+        pick = stream(seed, "population-tz").choice(len(zones), size=n, p=_mixture(cfg.diurnal.timezones, zones))
+        tz = np.array([float(z) for z in zones])[pick]
     return Population(
         device_names=tuple(dev_names),
         network_names=tuple(net_names),

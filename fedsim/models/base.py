@@ -79,13 +79,14 @@ def _build(arch: dict, steps: int, out: Path) -> None:
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
         idx = torch.randint(0, blocks.shape[0], (batch,), generator=gen)
-        loss = model(input_ids=blocks[idx], labels=blocks[idx]).loss
-        loss.backward()
+        out = model(input_ids=blocks[idx], labels=blocks[idx]).loss
+        out.backward()
+        loss = out.detach()
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "fedsim_recipe.json").write_text(json.dumps({**_RECIPE, "steps": steps, "final_loss": float(loss)}))
+    (tmp / "fedsim_recipe.json").write_text(json.dumps({**_RECIPE, "steps": steps, "final_loss": loss.item()}))
     tmp.rename(out)

@@ -79,6 +79,13 @@ def _check(s: Scenario, raw: dict[str, Any], base: Path) -> dict[str, Any]:
                 raise ConfigError(f"population.{kind}.{name}", f"not in the catalog (known: {', '.join(cat[kind])})")
         if names and not sum(names.values()) > 0:
             raise ConfigError(f"population.{kind}", "mixture weights must sum to more than 0")
+    for zone in s.population.diurnal.timezones:
+        try:
+            ok = -12.0 <= float(zone) <= 14.0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"population.diurnal.timezones.{zone}", "expected a UTC offset in hours, -12 to 14")
     if not s.population.devices:
         raise ConfigError("population.devices", "expected at least one device class")
     n_sel = math.ceil(s.server.clients_per_round * s.server.over_selection)

@@ -37,6 +37,8 @@ def test_api_overrides_as_dict_and_roundtrip():
         ("model.name=nowhere", "model.name", "neither a catalog model"),
         ("server.clients_per_round=5000", "server.clients_per_round", "exceeds population.num_clients"),
         ("training.optimizer=lion", "training.optimizer", "adamw"),
+        ("population.diurnal.timezones={utc: 1}", "population.diurnal.timezones.utc", "UTC offset"),
+        ("server.async.buffer_size=0", "server.async.buffer_size", "greater than 0"),
     ],
 )
 def test_bad_values_name_the_key(override, path, words):
