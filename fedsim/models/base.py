@@ -79,9 +79,9 @@ def _build(arch: dict, steps: int, out: Path) -> None:
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
         idx = torch.randint(0, blocks.shape[0], (batch,), generator=gen)
-        out = model(input_ids=blocks[idx], labels=blocks[idx]).loss
-        out.backward()
-        loss = out.detach()
+        step_loss = model(input_ids=blocks[idx], labels=blocks[idx]).loss
+        step_loss.backward()
+        loss = step_loss.detach()
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)

@@ -59,3 +59,21 @@ def test_parquet_iid_and_column_errors(tmp_path, tokenizer):
                     "data.partition": "iid", "data.eval_samples": 500}).data
     with pytest.raises(ConfigError, match="data.eval_samples"):
         prepare(few, 10, 0, tokenizer, 32, "tok")
+
+
+def test_base_model_builds_from_an_empty_cache(tmp_path, monkeypatch):
+    """The tiny base model build path (a warm developer cache would otherwise never exercise it)."""
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    from fedsim.scenario.schema import ModelConfig
+
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))
+    path = ensure_base_model(ModelConfig(pretrain_steps=3), log=lambda _: None)
+    assert path.parent == tmp_path / "models" and (path / "tokenizer.json").is_file()
+    recipe = json.loads((path / "fedsim_recipe.json").read_text())
+    assert recipe["steps"] == 3 and math.isfinite(recipe["final_loss"])
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.vocab_size == 512 and model.config.num_hidden_layers == 3
+    assert ensure_base_model(ModelConfig(pretrain_steps=3)) == path  # cached: not rebuilt
