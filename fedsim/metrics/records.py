@@ -106,6 +106,8 @@ def device_columns(plan: RoundPlan, pop: Population) -> dict[str, np.ndarray]:
     keep = np.flatnonzero(counts)
     return {
         "round": np.full(len(keep), plan.round),
+        "device_code": keep // n_st,  # for DeviceTotals; the ledger writes only its schema's columns
+        "status_code": keep % n_st,
         "device": np.array(pop.device_names, dtype=object)[keep // n_st],
         "status": np.array(STATUSES, dtype=object)[keep % n_st],
         "clients": counts[keep],
@@ -123,9 +125,8 @@ class DeviceTotals:
 
     def add(self, cols: dict[str, np.ndarray]) -> None:
         """Fold in one round's per-device rows (`device_columns`)."""
-        dev = np.array([self.names.index(d) for d in cols["device"]], dtype=np.int64)
-        st = np.array([STATUSES.index(x) for x in cols["status"]], dtype=np.int64)
-        np.add.at(self.counts, (dev, st), cols["clients"])
+        dev = cols["device_code"]
+        np.add.at(self.counts, (dev, cols["status_code"]), cols["clients"])
         for k in AGGREGATED:
             np.add.at(self.sums[k], dev, cols[k])
 

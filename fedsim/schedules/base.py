@@ -4,6 +4,7 @@ booking of partial work (pure numpy, no Ray, no torch).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ class RoundPlan:
     columns: dict[str, np.ndarray]
     failed: bool = False  # a sync round that missed its quorum: nothing aggregated, the model is unchanged
 
+    @functools.cached_property
     def _used_order(self) -> np.ndarray:
         c = self.columns
         used = np.flatnonzero(c["used"])
@@ -45,17 +47,17 @@ class RoundPlan:
     @property
     def to_train(self) -> np.ndarray:
         """Client ids whose update the server uses, in arrival (fold) order."""
-        return self.columns["client_id"][self._used_order()]
+        return self.columns["client_id"][self._used_order]
 
     @property
     def train_versions(self) -> np.ndarray:
         """Global version each of `to_train` trains from."""
-        return self.columns["version"][self._used_order()]
+        return self.columns["version"][self._used_order]
 
     @property
     def train_weights(self) -> np.ndarray:
         """Aggregation weight factor of each of `to_train` (multiplies its number of samples)."""
-        return self.columns["weight"][self._used_order()]
+        return self.columns["weight"][self._used_order]
 
 
 def online_probability(s: Scenario, pop: Population, ids: np.ndarray, now: float) -> np.ndarray:
