@@ -2,49 +2,75 @@
 
 Random draws come from named streams keyed by (seed, name, round, client, ...), so there is no RNG state to
 save: a checkpoint holds the schedule's state (virtual clock with its pending events, counters, clients in
-flight), the global adapter versions still referenced, the round records and per-device totals so far, and the
-initial evaluation. Resuming truncates the ledger (rounds.jsonl, clients.parquet, TensorBoard) back to the
-checkpoint's round, so nothing after it is counted twice.
+flight), the global adapter versions still referenced, the per-device totals so far, and the initial
+evaluation. It holds no round rows: those are in rounds.jsonl, and `truncate_ledger` returns them when it cuts
+the ledger (rounds.jsonl, client rows, TensorBoard) back to the checkpoint's round on resume, so a checkpoint's
+size does not grow with the rounds and nothing after it is counted twice.
+
+A checkpoint directory `round_NNNNN` is complete or absent: it is written as `.tmp_round_NNNNN` (every file
+fsynced) and renamed into place; old ones are renamed away before they are deleted.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from fedsim.atomic import atomic_file, atomic_write_bytes, fsync_dir
 from fedsim.errors import ConfigError
-from fedsim.metrics.ledger import PARTS, read_client_parts
+from fedsim.metrics.ledger import cut_parts, truncate_rounds
 
 KEEP = 2  # newest checkpoints kept
 
 
+def _rounds(root: Path) -> list[Path]:
+    """The complete checkpoints under `root`, oldest first (by round number, not by name)."""
+    return sorted(root.glob("round_*"), key=lambda p: int(p.name.removeprefix("round_")))
+
+
 def save(run_dir: Path, rnd: int, state: dict[str, Any], versions: dict[int, dict[str, np.ndarray]]) -> Path:
-    """Write checkpoints/round_NNNNN atomically (temp dir, then rename) and drop all but the newest KEEP."""
-    root = run_dir / "checkpoints"
+    """Write checkpoints/round_NNNNN atomically (files fsynced in a temp dir, then one rename) and drop all but
+    the newest KEEP. Call it only after the ledger is flushed through `rnd` (`Ledger.flush(parquet=True)`).
+
+    `state` must not hold the round rows (a checkpoint that did would grow with every round).
+    """
+    if "rows" in state:
+        raise ValueError("a checkpoint holds no round rows: they are in rounds.jsonl (see truncate_ledger)")
+    root = Path(run_dir) / "checkpoints"
     root.mkdir(exist_ok=True)
-    final = root / f"round_{rnd:05d}"
-    tmp = root / f".tmp_round_{rnd:05d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in [*root.glob(".tmp_round_*"), *root.glob(".old_round_*")]:  # of a crash
+        shutil.rmtree(leftover)
+    final, tmp = root / f"round_{rnd:05d}", root / f".tmp_round_{rnd:05d}"
     tmp.mkdir()
-    (tmp / "state.pkl").write_bytes(pickle.dumps({**state, "round": rnd}))
+    atomic_write_bytes(tmp / "state.pkl", pickle.dumps({**state, "round": rnd}))
     for version, tensors in versions.items():
-        np.savez(tmp / f"global_v{version:05d}.npz", **tensors)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in sorted(root.glob("round_*"))[:-KEEP]:
-        shutil.rmtree(old)
+        with atomic_file(tmp / f"global_v{version:05d}.npz") as f:
+            np.savez(f, **tensors)
+    if final.exists():  # saved again at the same round
+        _drop(final, root)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    for path in _rounds(root)[:-KEEP]:
+        _drop(path, root)
     return final
 
 
+def _drop(path: Path, root: Path) -> None:
+    """Delete a checkpoint: rename it out of `round_*` first, so a crash mid-delete never leaves a partial one."""
+    gone = root / f".old_{path.name}"
+    os.replace(path, gone)
+    fsync_dir(root)
+    shutil.rmtree(gone)
+
+
 def latest(run_dir: Path) -> tuple[dict[str, Any], dict[int, dict[str, np.ndarray]]]:
-    """(state, global versions) of the newest checkpoint in run_dir."""
-    found = sorted((run_dir / "checkpoints").glob("round_*"))
+    """(state, global versions) of the newest complete checkpoint in run_dir (temp leftovers are skipped)."""
+    found = _rounds(Path(run_dir) / "checkpoints") if (Path(run_dir) / "checkpoints").is_dir() else []
     if not found:
         raise ConfigError("--resume", f"{run_dir} has no checkpoint to resume from")
     path = found[-1]
@@ -57,20 +83,16 @@ def latest(run_dir: Path) -> tuple[dict[str, Any], dict[int, dict[str, np.ndarra
 
 
 def truncate_ledger(run_dir: Path, rnd: int) -> list[dict[str, Any]]:
-    """Cut rounds.jsonl and the client table back to rounds <= rnd; return the kept round rows."""
-    rounds_path = run_dir / "rounds.jsonl"
-    kept = [json.loads(line) for line in rounds_path.read_text().splitlines() if line.strip()]
-    kept = [r for r in kept if r["round"] <= rnd]
-    rounds_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    for name in ("clients.parquet", "clients_by_device.parquet"):
-        table = read_client_parts(run_dir, name)
-        if table is None:
-            continue
-        shutil.rmtree(run_dir / PARTS, ignore_errors=True)
-        (run_dir / PARTS).mkdir()
-        kept_rows = table.filter(np.asarray(table.column("round")) <= rnd)
-        pq.write_table(kept_rows, run_dir / PARTS / "000000.parquet")  # the ledger continues after this part
-        (run_dir / name).unlink(missing_ok=True)
+    """Cut the ledger back to rounds <= rnd and return the kept round rows (parsed from rounds.jsonl).
+
+    rounds.jsonl is rewritten atomically (a torn last line is dropped); the client rows are cut without a crash
+    window that loses or doubles a row (`fedsim.metrics.ledger.cut_parts`); TensorBoard scalars and the files
+    derived from the finished run (report, summary, figure) are deleted: the resumed run rewrites them. Running
+    it again after a crash part way through gives the same result.
+    """
+    run_dir = Path(run_dir)
+    kept = truncate_rounds(run_dir, rnd)
+    cut_parts(run_dir, rnd)
     shutil.rmtree(run_dir / "tb", ignore_errors=True)
     for stale in ("report.html", "summary.json", "budget.png"):
         (run_dir / stale).unlink(missing_ok=True)
