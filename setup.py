@@ -29,8 +29,9 @@ setup(
         "pydantic>=2.6",
         "rich>=13",
         "filelock>=3.12",
+        "psutil>=5.9",
         "safetensors>=0.4",
     ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["fedsim=fedsim.cli:main"]},
 )

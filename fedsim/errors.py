@@ -1,4 +1,9 @@
-"""Errors fedsim reports to users as one line (exit code 2 from the CLI)."""
+"""Errors fedsim reports to users as one line: ConfigError (exit code 2), RunAborted (exit code 1)."""
+
+
+def _one_line(text: str) -> str:
+    """Collapse whitespace (newlines from wrapped library messages included), so the CLI prints one line."""
+    return " ".join(str(text).split())
 
 
 class ConfigError(ValueError):
@@ -6,4 +11,15 @@ class ConfigError(ValueError):
 
     def __init__(self, path: str, message: str):
         self.path = path
+        message = _one_line(message)
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class RunAborted(RuntimeError):
+    """A run stopped on a runtime failure (e.g. a worker process died), not on bad input.
+
+    The message says what failed and which checkpoint `fedsim run --resume` continues from.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(_one_line(message))

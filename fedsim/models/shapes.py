@@ -14,6 +14,7 @@ from typing import Any
 
 from fedsim import catalog
 from fedsim.costs.compute import ModelShape
+from fedsim.errors import ConfigError
 from fedsim.paths import cache_dir, digest
 from fedsim.scenario.schema import PeftConfig
 
@@ -42,7 +43,7 @@ def lora_config(peft_cfg: PeftConfig):
     )
 
 
-def _count(config: dict[str, Any], peft_cfg: PeftConfig) -> ModelShape:
+def _count(config: dict[str, Any], peft_cfg: PeftConfig, name: str = "the model") -> ModelShape:
     from fedsim.logs import quiet_libraries
 
     quiet_libraries()
@@ -63,7 +64,11 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig) -> ModelShape:
     n_quant = sum(m.weight.numel() for m in linears if m is not head)
     n_embed = model.get_input_embeddings().weight.numel()
     first = _first_layer_linears(model)
-    peft_model = get_peft_model(model, lora_config(peft_cfg))
+    check_target_modules(model, peft_cfg, name)
+    try:
+        peft_model = get_peft_model(model, lora_config(peft_cfg))
+    except ValueError as exc:  # peft's NoMatchingPeftModuleError is one; so is "module type not supported"
+        raise _peft_error(exc, model, peft_cfg, name) from None
     skip, attn_frozen = _frozen_first_layer(first, peft_model)
     n_trainable, _ = peft_model.get_nb_trainable_parameters()
     tensors = tuple(int(p.numel()) for _, p in sorted(peft_model.named_parameters()) if p.requires_grad)
@@ -83,6 +88,47 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig) -> ModelShape:
         n_no_input_grad=skip,
         first_attention_frozen=attn_frozen,
     )
+
+
+def _linear_names(model, limit: int = 16) -> str:
+    """The distinct short names of the model's linear layers, in model order (what target_modules can name)."""
+    import torch
+
+    names = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                               if isinstance(m, torch.nn.Linear)))
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_target_modules(model, peft_cfg: PeftConfig, name: str) -> None:
+    """Every `peft.target_modules` name must match a module of `model` (peft silently skips an unknown name
+    when another one matches, and fails with a long traceback when none does).
+
+    A name matches a module whose full name equals it or ends with "." + name, as peft matches a list.
+    """
+    targets = list(peft_cfg.target_modules)
+    if targets == ["all-linear"]:
+        return
+    modules = [n for n, _ in model.named_modules() if n]
+    unmatched = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
+    if unmatched:
+        verb = "matches" if len(unmatched) == 1 else "match"
+        raise ConfigError("peft.target_modules", f"{', '.join(unmatched)} {verb} no module of {name}; "
+                                                 f"modules: {_linear_names(model)}")
+
+
+def _peft_error(exc: ValueError, model, peft_cfg: PeftConfig, name: str) -> ConfigError:
+    """peft's refusal of the target modules as one line; names the module type when peft cannot adapt it."""
+    import torch
+
+    known = (torch.nn.Linear, torch.nn.Embedding)
+    odd = [(t, type(m).__name__) for t in peft_cfg.target_modules for n, m in model.named_modules()
+           if (n == t or n.endswith("." + t)) and not isinstance(m, known)]
+    if odd and "not supported" in str(exc):
+        reason = f"{odd[0][0]} is a {odd[0][1]}, a module type LoRA cannot adapt"
+    else:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return ConfigError("peft.target_modules", f"peft cannot adapt {', '.join(peft_cfg.target_modules)} of {name}: "
+                                              f"{reason}; modules: {_linear_names(model)}")
 
 
 _ATTN_IN, _ATTN_OUT, _MLP_IN, _MLP_OUT = ("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)
@@ -120,13 +166,16 @@ def _frozen_first_layer(first: dict[str, int], peft_model) -> tuple[int, bool]:
 
 
 def model_shape(name: str, peft_cfg: PeftConfig) -> ModelShape:
-    """Shape of model `name` with the scenario's PEFT method, from the disk cache or counted on meta."""
+    """Shape of model `name` with the scenario's PEFT method, from the disk cache or counted on meta.
+
+    A `peft.target_modules` that names no module of the model is a ConfigError on that key (never cached).
+    """
     config = hf_config_dict(name)
     key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 3})
     path = cache_dir("shapes") / f"{key}.json"
     if path.is_file():
         data = json.loads(path.read_text())
         return ModelShape(**{**data, "trainable_tensors": tuple(data["trainable_tensors"])})
-    shape = _count(config, peft_cfg)
+    shape = _count(config, peft_cfg, name)
     path.write_text(json.dumps(dataclasses.asdict(shape)))
     return shape

@@ -6,14 +6,17 @@ Errors are `ConfigError`s naming the key path and what was expected; they are ra
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from fedsim import catalog
+from fedsim import catalog, traces
 from fedsim.errors import ConfigError
 from fedsim.scenario.schema import ClusterSpec, Scenario
 from fedsim.yamlfile import read_mapping
@@ -95,6 +98,8 @@ def _check(s: Scenario, raw: dict[str, Any], base: Path) -> dict[str, Any]:
             f"{s.server.clients_per_round} x over_selection {s.server.over_selection} = {n_sel} "
             f"exceeds population.num_clients {s.population.num_clients}",
         )
+    if not s.peft.target_modules:
+        raise ConfigError("peft.target_modules", "expected at least one module name (or [all-linear])")
     if s.data.samples_per_client.min > s.data.samples_per_client.max:
         raise ConfigError("data.samples_per_client.min", "must be <= data.samples_per_client.max")
     for key, name in (("model.name", s.model.name), ("model.cost_as", s.model.cost_as)):
@@ -103,16 +108,87 @@ def _check(s: Scenario, raw: dict[str, Any], base: Path) -> dict[str, Any]:
             if path is None:
                 raise ConfigError(key, f"{name!r} is neither a catalog model ({', '.join(catalog.model_configs())}) "
                                        "nor an existing local model directory or config.json")
+            check_model_path(key, path, need_tokenizer=key == "model.name")
             _apply(raw, key, str(path))
     src = s.data.source
     if src != "synthetic" and (src.endswith(_DATA_SUFFIXES) or "/" in src and Path(src).suffix):
         _abs(raw, "data.source", base, must_exist=True)
-    for key in ("device", "behavior"):
-        if getattr(s.population.traces, key) is not None:
-            _abs(raw, f"population.traces.{key}", base, must_exist=True)
+    tr = s.population.traces
+    device, behavior = (_abs(raw, f"population.traces.{key}", base, must_exist=True) if getattr(tr, key) else None
+                        for key in ("device", "behavior"))
+    traces.check(device, behavior, tr.reference_forward_flops)
     if s.runtime.cluster != "local":
         load_cluster(_abs(raw, "runtime.cluster", base, must_exist=True))
     return raw
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_path(key: str, path: Path, need_tokenizer: bool) -> None:
+    """A local model directory (or config.json) must hold what fedsim reads from it, checked before anything runs.
+
+    A directory needs config.json (architecture, for the shape and cost models) and, for the trained model
+    (`model.name`), tokenizer files; a config.json must be a JSON object naming its `model_type`.
+    """
+    config = path / "config.json" if path.is_dir() else path
+    if path.is_dir():
+        missing = [] if config.is_file() else ["config.json"]
+        if need_tokenizer and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            missing.append(" or ".join(_TOKENIZER_FILES))
+        if missing:
+            raise ConfigError(key, f"local model directory {path} has no {' and no '.join(missing)}")
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(key, f"{config} is not a readable JSON model config ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ConfigError(key, f"{config} is not a Hugging Face model config (no model_type)")
+
+
+# Share of the memory available now that the population's arrays may take (the rest: Python, numpy temporaries
+# while sampling, torch and the data pipeline).
+MEMORY_SHARE = 0.8
+_PROBE_CLIENTS = 1024
+
+
+def population_bytes_per_client(s: Scenario, cat: dict[str, Any]) -> float:
+    """Bytes per client of the arrays a run keeps for the whole population, measured on a small sample.
+
+    That is every per-client array of `fedsim.population.Population` (their real dtypes; behaviour-trace
+    windows included) plus the per-client data sizes (`fedsim.data.partition.client_sizes`).
+    """
+    from fedsim.data.partition import client_sizes
+    from fedsim.population import sample
+
+    n = min(s.population.num_clients, _PROBE_CLIENTS)
+    pop = sample(dataclasses.replace(s.population, num_clients=n), cat, s.seed)
+    arrays = [getattr(pop, f.name) for f in dataclasses.fields(pop)]
+    if pop.windows is not None:
+        arrays += [getattr(pop.windows, f.name) for f in dataclasses.fields(pop.windows)]
+    total = sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+    return (total + client_sizes(s.data, n, s.seed).nbytes) / n
+
+
+def check_population_memory(s: Scenario, cat: dict[str, Any]) -> None:
+    """Refuse a population whose arrays cannot fit in this machine's available memory (before allocating them)."""
+    import psutil
+
+    n = s.population.num_clients
+    per_client = population_bytes_per_client(s, cat)
+    need, available = n * per_client, psutil.virtual_memory().available
+    if need > MEMORY_SHARE * available:
+        raise ConfigError("population.num_clients",
+                          f"{n} clients need ~{_si_bytes(need)} for the population arrays "
+                          f"(~{per_client:.0f} B per client); this machine has {_si_bytes(available)} available")
+
+
+def _si_bytes(n: float) -> str:
+    """9.3e12 -> '9.3 TB', 2.1e10 -> '21 GB' (decimal units, at least two significant digits)."""
+    units, i = ("B", "kB", "MB", "GB", "TB", "PB", "EB"), 0
+    while n >= 999.5 and i < len(units) - 1:
+        n, i = n / 1000, i + 1
+    return f"{n:.1f} {units[i]}" if i and n < 9.95 else f"{n:.0f} {units[i]}"
 
 
 def load_cluster(name: str) -> ClusterSpec:
@@ -155,7 +231,9 @@ def load(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, A
     except ValidationError as err:
         raise _explain(err) from None
     raw = _check(scenario, dump(scenario), base)
-    return _ADAPTER.validate_python(raw)
+    scenario = _ADAPTER.validate_python(raw)
+    check_population_memory(scenario, catalog.load(scenario.population.catalog))
+    return scenario
 
 
 def dump(scenario: Scenario) -> dict[str, Any]:

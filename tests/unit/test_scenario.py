@@ -1,6 +1,9 @@
+import json
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fedsim.errors import ConfigError
@@ -94,3 +97,129 @@ def test_cli_validate_prints_resolved_scenario():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "seed: 7" in proc.stdout and "over_selection: 1.3" in proc.stdout
+
+
+# --- load-time checks of inputs that used to fail later with a traceback -------------------------------------
+
+def _catalog(tmp_path, text: str) -> str:
+    path = tmp_path / "my.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+MY_PHONE = """devices:
+  my-phone:
+    peak_flops: 1.0e+12
+    memory_gb: 3.0
+    power_busy_w: 4.0
+    efficiency: 0.1
+    networks: {wifi: 1.0}
+"""
+
+
+@pytest.mark.parametrize("text, words", [
+    (MY_PHONE, "devices.my-phone: missing power_idle_w"),
+    (MY_PHONE + "    power_idle_w: fast\n", "devices.my-phone.power_idle_w: expected a number, got 'fast'"),
+    (MY_PHONE + "    power_idle_w: .nan\n", "devices.my-phone.power_idle_w: expected a finite number"),
+    (MY_PHONE + "    power_idle_w: true\n", "devices.my-phone.power_idle_w: expected a finite number, got True"),
+    (MY_PHONE.replace("{wifi: 1.0}", "{carrier-pigeon: 1.0}") + "    power_idle_w: 0.3\n",
+     "devices.my-phone.networks.carrier-pigeon: not a network class"),
+    (MY_PHONE.replace("{wifi: 1.0}", "{wifi: 0}") + "    power_idle_w: 0.3\n",
+     "devices.my-phone.networks: mixture weights must sum to more than 0"),
+    (MY_PHONE + "    power_idle_w: 0.3\n    power_idl_w: 0.3\n", "devices.my-phone: unknown field power_idl_w"),
+    ("networks:\n  sat:\n    down_mbps: 50.0\n    up_mbps: 5.0\n", "networks.sat: missing latency_s"),
+    ("networks:\n  wifi:\n    up_mbps: 0\n", "networks.wifi.up_mbps: must be > 0"),
+    ("networks:\n  wifi: fast\n", "networks.wifi: expected a mapping, got str"),
+    ("energy:\n  server_power_w: null\n", "energy.server_power_w: expected a finite number, got None"),
+    ("device:\n  laptop: {}\n", "unknown section device"),
+])
+def test_user_catalog_entries_are_checked_at_load(tmp_path, text, words):
+    with pytest.raises(ConfigError) as err:
+        load({}, {"population.catalog": _catalog(tmp_path, text)})
+    assert err.value.path == "population.catalog"
+    assert words in str(err.value)
+
+
+def test_a_complete_user_device_loads_and_yaml_1_1_numbers_become_floats(tmp_path):
+    path = _catalog(tmp_path, MY_PHONE.replace("1.0e+12", "1e12") + "    power_idle_w: 0.3\n")
+    s = load({}, {"population.catalog": path, "population.devices": {"my-phone": 1.0}})
+    from fedsim import catalog
+
+    assert catalog.load(s.population.catalog)["devices"]["my-phone"]["peak_flops"] == 1e12
+
+
+class _Memory:
+    def __init__(self, available: float):
+        self.available = available
+
+
+def test_a_population_too_big_for_memory_fails_at_load(monkeypatch):
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: _Memory(21e9))
+    with pytest.raises(ConfigError) as err:
+        load(QUICKSTART, ["population.num_clients=100000000000"])
+    assert err.value.path == "population.num_clients"
+    assert re.fullmatch(r"population\.num_clients: 100000000000 clients need ~\d+(\.\d)? TB for the population "
+                        r"arrays \(~\d+ B per client\); this machine has 21 GB available", str(err.value))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: _Memory(1e6))  # 1000 clients x ~80 B = 80 kB: fits
+    assert load(QUICKSTART).population.num_clients == 1000
+    with pytest.raises(ConfigError, match="less than or equal to 1000000000000"):
+        load(QUICKSTART, ["population.num_clients=10000000000000"])
+
+
+def test_population_bytes_per_client_follow_the_real_arrays():
+    from fedsim import catalog
+    from fedsim.data.partition import client_sizes
+    from fedsim.population import sample
+    from fedsim.scenario.load import population_bytes_per_client
+
+    s = load(QUICKSTART, ["population.num_clients=5000"])
+    pop = sample(s.population, catalog.load(), s.seed)
+    arrays = [v for v in vars(pop).values() if isinstance(v, np.ndarray)]
+    expected = (sum(a.nbytes for a in arrays) + client_sizes(s.data, 5000, s.seed).nbytes) / 5000
+    assert population_bytes_per_client(s, catalog.load()) == expected
+    diurnal = load(QUICKSTART, ["population.diurnal.amplitude=0.5"])
+    assert population_bytes_per_client(diurnal, catalog.load()) == expected + 8  # a float64 UTC offset each
+
+
+def _model_dir(tmp_path, *files: str):
+    path = tmp_path / "my-model"
+    path.mkdir()
+    for name in files:
+        (path / name).write_text(json.dumps({"model_type": "llama"}) if name == "config.json" else "{}")
+    return str(path)
+
+
+@pytest.mark.parametrize("files, words", [
+    ((), "has no config.json and no tokenizer.json or tokenizer_config.json"),
+    (("tokenizer.json",), "has no config.json"),
+    (("config.json",), "has no tokenizer.json or tokenizer_config.json"),
+])
+def test_a_local_model_directory_needs_config_and_tokenizer(tmp_path, files, words):
+    with pytest.raises(ConfigError) as err:
+        load({}, {"model.name": _model_dir(tmp_path, *files)})
+    assert err.value.path == "model.name" and words in str(err.value)
+
+
+def test_local_model_directories_that_hold_what_is_read_load(tmp_path):
+    path = _model_dir(tmp_path, "config.json", "tokenizer_config.json")
+    assert load({}, {"model.name": path}).model.name == path
+    assert load({}, {"model.cost_as": path}).model.cost_as == path  # costs need no tokenizer
+    (tmp_path / "my-model" / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="is not a readable JSON model config") as err:
+        load({}, {"model.cost_as": path})
+    assert err.value.path == "model.cost_as"
+    (tmp_path / "my-model" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="no model_type"):
+        load({}, {"model.name": path})
+
+
+def test_empty_target_modules_fail_at_load():
+    with pytest.raises(ConfigError) as err:
+        load(QUICKSTART, ["peft.target_modules=[]"])
+    assert err.value.path == "peft.target_modules"
+
+
+def test_config_error_messages_are_one_line():
+    assert str(ConfigError("a.b", "first\nsecond  third")) == "a.b: first second third"

@@ -65,3 +65,52 @@ def test_bad_traces_name_the_key(tmp_path):
     no_windows_last = Windows(np.array([0, 1, 1]), np.array([0.0]), np.array([5.0]), np.array([10.0, 10.0]))
     assert list(no_windows_last.share()) == [0.5, 0.0]
     assert list(no_windows_last.online(np.array([1, 0]), 3.0)) == [False, True]
+
+
+GOOD_DEVICE = {1: {"computation": 10.0, "communication": 100.0}}
+GOOD_BEHAVE = {1: {"active": [0], "inactive": [5], "finish_time": 10}}
+
+
+@pytest.mark.parametrize("key, content, words", [
+    ("device", b"client_id,computation\n1,10\n", "is not a pickle"),
+    ("device", b"", "is not a pickle"),
+    ("device", pickle.dumps([1, 2, 3]), "expected a non-empty dict keyed by client id, got list"),
+    ("device", pickle.dumps({}), "got dict (empty)"),
+    ("device", pickle.dumps({1: GOOD_DEVICE[1], "x": GOOD_DEVICE[1]}), "client ids must be all numbers or all strings"),
+    ("device", pickle.dumps({1: [10.0, 100.0]}), "client 1: expected a dict with computation, communication, got list"),
+    ("device", pickle.dumps({1: {"computation": 1.0}}), "client 1: missing communication"),
+    ("device", pickle.dumps({1: GOOD_DEVICE[1], 2: {"computation": "fast", "communication": 1.0}}),
+     "client 2: computation: expected a finite number, got 'fast'"),
+    ("device", pickle.dumps({1: {"computation": float("nan"), "communication": 1.0}}), "expected a finite number"),
+    ("device", pickle.dumps({1: {"computation": 0.0, "communication": 1.0}}), "must be positive"),
+    ("behavior", pickle.dumps({1: {"active": [0], "inactive": [5]}}), "client 1: missing finish_time"),
+    ("behavior", pickle.dumps({1: {**GOOD_BEHAVE[1], "active": "0 5"}}), "active: expected a list of times, got str"),
+    ("behavior", pickle.dumps({1: {**GOOD_BEHAVE[1], "inactive": [5, None]}}),
+     "client 1: inactive[1]: expected a finite number, got None"),
+    ("behavior", pickle.dumps({1: {**GOOD_BEHAVE[1], "active": [[0, 1]]}}), "active[0]: expected a finite number"),
+    ("behavior", pickle.dumps({1: {**GOOD_BEHAVE[1], "finish_time": "soon"}}),
+     "client 1: finish_time: expected a finite number, got 'soon'"),
+])
+def test_malformed_traces_fail_at_load_naming_the_key(tmp_path, key, content, words):
+    path = tmp_path / f"{key}.pkl"
+    path.write_bytes(content)
+    loader = (lambda: device_capacity(str(path), 2, 1e9)) if key == "device" else (lambda: behavior(str(path), 2))
+    for attempt in (loader, lambda: load({}, {f"population.traces.{key}": str(path)})):
+        with pytest.raises(ConfigError) as err:
+            attempt()
+        assert err.value.path == f"population.traces.{key}"
+        assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_trace_changed_on_disk_is_read_again(tmp_path):
+    path = tmp_path / "device.pkl"
+    path.write_bytes(pickle.dumps(GOOD_DEVICE))
+    assert device_capacity(str(path), 1, 1e9)[1][0] == 100.0 * 1000 / 8
+    path.write_bytes(pickle.dumps({1: {"computation": 10.0, "communication": 2000.0}, 2: GOOD_DEVICE[1]}))
+    assert list(device_capacity(str(path), 2, 1e9)[1]) == [2000.0 * 1000 / 8, 100.0 * 1000 / 8]
+
+
+def test_unreadable_trace_path(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read FedScale trace") as err:
+        behavior(str(tmp_path), 1)  # a directory
+    assert err.value.path == "population.traces.behavior"
