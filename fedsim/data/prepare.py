@@ -1,14 +1,25 @@
-"""Build the run's data once: load or generate samples, partition them across clients, tokenize, cache.
+"""The run's data as the driver sees it: client sizes and, per client, the rows a task carries (never the data).
 
-The result is two tokenized `datasets` on disk (train pool and held-out eval set; fixed-length `input_ids`
-and `labels` with the prompt masked out, and each row's `label`: task family or label column) plus a CSR
-partition (client -> rows). Workers memory-map the
-datasets; a task carries only its client's row ids. Tokenization happens here, once, never per round.
+Two kinds of source:
+
+* **synthetic** — nothing is generated up front. A client's label counts come from its own seeded stream
+  (`partition.client_label_counts`) and its rows (prompts and responses) are generated and tokenized by the
+  worker that trains it (`fedsim.data.reader`), so a million-client population costs its size array only.
+* **table** (a .json/.jsonl/.parquet file or a hub dataset) — tokenized once per (file contents, tokenizer,
+  seq_len, fields) into an Arrow cache (`datasets.save_to_disk`) that every worker of a node memory-maps, plus
+  small numpy arrays of each row's label and user codes; the partition is computed from those arrays
+  (vectorized) and a task carries its client's row ids.
+
+Rows whose prompt leaves no room for a response token within `seq_len` would give a NaN loss; they are dropped
+at tokenization (the count is logged).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,30 +29,46 @@ from filelock import FileLock
 from fedsim.data import partition, synthetic
 from fedsim.errors import ConfigError
 from fedsim.paths import cache_dir, digest
-from fedsim.scenario.schema import DataConfig
+from fedsim.scenario.schema import DataConfig, Scenario
 
 TEMPLATE = "Q: {prompt}\nA: "
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model")
 
 
 @dataclass(frozen=True)
-class PreparedData:
-    """Where the tokenized data lives and which rows belong to which client."""
+class DataSpec:
+    """What a worker needs to open the data (small and picklable; see `fedsim.data.reader`)."""
 
-    train_path: str
-    eval_path: str
-    offsets: np.ndarray  # client i owns rows[offsets[i]:offsets[i+1]]
-    rows: np.ndarray
+    kind: str  # "synthetic" | "table"
+    seed: int
+    seq_len: int
+    model_dir: str  # tokenizer
+    eval_samples: int
+    train_path: str | None = None  # table: tokenized Arrow datasets
+    eval_path: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ClientData:
+    """Sizes of every client and the rows of any one client (computed when it is asked for)."""
+
+    spec: DataSpec
+    cfg: DataConfig
+    sizes: np.ndarray  # samples per client (int64, one entry per client)
     labels: tuple[str, ...]
-    reuse: float  # > 1 when the source had fewer rows than the clients' sizes ask for
+    offsets: np.ndarray | None = None  # table: client i owns rows[offsets[i]:offsets[i+1]]
+    rows: np.ndarray | None = None
+    reuse: float = 1.0  # > 1 when the source had fewer rows than the clients' sizes ask for
+    dropped_rows: int = 0  # rows without a response token within seq_len (never trained on)
 
     def client_rows(self, client: int) -> np.ndarray:
-        """Row ids (into the train dataset) of one client."""
-        return self.rows[self.offsets[client] : self.offsets[client + 1]]
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """Samples per client."""
-        return np.diff(self.offsets)
+        """Row ids of one client (table), or the task family code of each of its rows (synthetic)."""
+        if self.rows is not None:
+            return self.rows[self.offsets[client] : self.offsets[client + 1]]
+        prior = np.full(len(synthetic.FAMILIES), 1.0 / len(synthetic.FAMILIES))
+        counts = partition.client_label_counts(self.cfg, int(self.sizes[client]), prior, self.spec.seed, client)
+        return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
 
 
 def tokenize_batch(batch: dict, tokenizer, seq_len: int, prompt_field: str, response_field: str) -> dict:
@@ -59,68 +86,125 @@ def tokenize_batch(batch: dict, tokenizer, seq_len: int, prompt_field: str, resp
     return {"input_ids": ids_out, "labels": lab_out}
 
 
+def has_target(labels) -> np.ndarray:
+    """Rows with at least one response token the loss can see (the causal LM loss shifts labels by one)."""
+    return (np.asarray(labels)[:, 1:] != -100).any(axis=1)
+
+
+def prepare_data(s: Scenario, model_dir: str, log=print) -> ClientData:
+    """The scenario's data: synthetic (on demand) or a tokenized, partitioned table (cached by contents)."""
+    cfg, n = s.data, s.population.num_clients
+    spec = DataSpec("synthetic", s.seed, s.training.seq_len, str(model_dir), cfg.eval_samples)
+    if cfg.source == "synthetic":
+        if cfg.partition == "natural":
+            raise ConfigError("data.partition", "natural needs a data.source with a user column, not synthetic")
+        return ClientData(spec, cfg, partition.client_sizes(cfg, n, s.seed), synthetic.FAMILIES)
+    root = _tokenized_table(cfg, s.seed, s.training.seq_len, str(model_dir), log)
+    meta = json.loads((root / "meta.json").read_text())
+    if meta["dropped"]:
+        log(f"[yellow]{meta['dropped']} rows of {cfg.source} have no response token within training.seq_len="
+            f"{s.training.seq_len}: dropped")
+    spec = dataclasses.replace(spec, kind="table", train_path=str(root / "train"), eval_path=str(root / "eval"))
+    if cfg.partition == "natural":
+        offsets, rows = partition.natural(np.load(root / "user.npy"), n, s.seed, "user_field")
+        return ClientData(spec, cfg, np.diff(offsets), tuple(meta["labels"]), offsets, rows, 1.0, meta["dropped"])
+    codes = np.load(root / "label.npy")
+    labels = tuple(meta["labels"]) if cfg.partition == "dirichlet" else ("",)
+    if cfg.partition == "iid":
+        codes = np.zeros_like(codes)
+    sizes = partition.client_sizes(cfg, n, s.seed)
+    counts = partition.label_counts(cfg, sizes, np.bincount(codes, minlength=len(labels)), s.seed)
+    pools = [np.flatnonzero(codes == i) for i in range(len(labels))]
+    offsets, rows, reuse = partition.assign_rows(counts, pools, s.seed)
+    if reuse > 1:
+        log(f"[yellow]data.source has fewer rows than the clients ask for: rows reused up to {reuse:.1f}x")
+    return ClientData(spec, cfg, sizes, labels, offsets, rows, reuse, meta["dropped"])
+
+
+def file_digest(path: str) -> str:
+    """Hash of a file's contents (the tokenized cache follows edits, not names)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tokenizer_digest(model_dir: str) -> str:
+    d = Path(model_dir)
+    return digest([file_digest(str(d / f)) for f in TOKENIZER_FILES if (d / f).is_file()])
+
+
 def _load_source(cfg: DataConfig):
     import datasets
 
+    from fedsim.logs import quiet_libraries
+
+    quiet_libraries()  # no progress bars: a bad file must end in one line
     src = cfg.source
     kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(Path(src).suffix)
+    if kind and Path(src).stat().st_size == 0:
+        raise ConfigError("data.source", f"{src} is empty")
     try:
-        ds = datasets.load_dataset(kind, data_files=src, split="train") if kind else datasets.load_dataset(src, split=cfg.split)
+        ds = datasets.load_dataset(kind, data_files=src, split="train") if kind else \
+            datasets.load_dataset(src, split=cfg.split)
     except Exception as exc:  # datasets raises many types; the user needs one line
         raise ConfigError("data.source", f"cannot load {src!r}: {str(exc).splitlines()[0]}") from None
-    needed = [cfg.prompt_field, cfg.response_field] + ([cfg.label_field] if cfg.partition == "dirichlet" else [])
-    for key, col in zip(("prompt_field", "response_field", "label_field"), needed):
+    needed = {"prompt_field": cfg.prompt_field, "response_field": cfg.response_field}
+    if cfg.partition == "dirichlet":
+        needed["label_field"] = cfg.label_field
+    if cfg.partition == "natural":
+        needed["user_field"] = cfg.user_field
+    for key, col in needed.items():
         if col not in ds.column_names:
-            raise ConfigError(f"data.{key}", f"column {col!r} not in {src} (columns: {', '.join(ds.column_names)})")
+            have = ", ".join(ds.column_names) or "none"
+            raise ConfigError(f"data.{key}", f"column {col!r} not in {src} (columns: {have})")
+    if len(ds) == 0:
+        raise ConfigError("data.source", f"{src} has no rows")
     return ds
 
 
-def prepare(cfg: DataConfig, num_clients: int, seed: int, tokenizer, seq_len: int, tok_id: str) -> PreparedData:
-    """Sizes -> label counts -> rows per client -> tokenized train/eval datasets (cached by content key)."""
-    import datasets
+def _codes(values: list) -> tuple[np.ndarray, list[str]]:
+    names, codes = np.unique(np.array([str(v) for v in values], dtype=object).astype(str), return_inverse=True)
+    return codes.astype(np.int32), [str(x) for x in names]
 
-    sizes = partition.client_sizes(cfg, num_clients, seed)
-    key = digest({"cfg": dataclasses.asdict(cfg), "n": num_clients, "seed": seed, "seq": seq_len, "tok": tok_id,
-                  "v": 2})
+
+def _tokenized_table(cfg: DataConfig, seed: int, seq_len: int, model_dir: str, log) -> Path:
+    """Tokenize a file or hub dataset once into the cache; the key covers its contents, not only its name."""
+    src = cfg.source
+    content = file_digest(src) if Path(src).is_file() else f"{src}:{cfg.split}"
+    key = digest({"content": content, "tok": _tokenizer_digest(model_dir), "seq": seq_len, "seed": seed,
+                  "fields": [cfg.prompt_field, cfg.response_field, cfg.label_field, cfg.user_field],
+                  "eval": cfg.eval_samples, "v": 3})
     root = cache_dir("data") / key
-    if cfg.source == "synthetic":
-        labels = synthetic.FAMILIES
-        counts = partition.label_counts(cfg, sizes, len(labels), seed)
-        per_label = counts.sum(axis=0)
-        starts = np.concatenate([[0], np.cumsum(per_label)])
-        pools = [np.arange(starts[i], starts[i + 1]) for i in range(len(labels))]
-
-        def build():
-            train = datasets.Dataset.from_dict(synthetic.generate(dict(zip(labels, per_label.tolist())), seed))
-            each = -(-cfg.eval_samples // len(labels))
-            evals = datasets.Dataset.from_dict(synthetic.generate({f: each for f in labels}, seed, "eval"))
-            return train, evals.select(range(cfg.eval_samples))
-    else:
-        ds = _load_source(cfg)
-        perm = np.random.default_rng(seed).permutation(len(ds))
-        if len(ds) <= cfg.eval_samples:
-            raise ConfigError("data.eval_samples", f"{cfg.eval_samples} >= the {len(ds)} rows of {cfg.source}")
-        eval_idx, train_idx = perm[: cfg.eval_samples], np.sort(perm[cfg.eval_samples :])
-        train_raw = ds.select(train_idx)
-        col = train_raw[cfg.label_field] if cfg.partition == "dirichlet" else [""] * len(train_raw)
-        labels = tuple(sorted({str(v) for v in col}))
-        lab_arr = np.array([labels.index(str(v)) for v in col])
-        pools = [np.flatnonzero(lab_arr == i) for i in range(len(labels))]
-        counts = partition.label_counts(cfg, sizes, len(labels), seed)
-
-        def build():
-            return train_raw, ds.select(eval_idx)
-
-    offsets, rows, reuse = partition.assign_rows(counts, pools, seed)
     with FileLock(str(root) + ".lock"):
-        if not (root / "eval" / "dataset_info.json").is_file():
-            synthetic_src = cfg.source == "synthetic"
-            fn_kwargs = dict(tokenizer=tokenizer, seq_len=seq_len,
-                             prompt_field="prompt" if synthetic_src else cfg.prompt_field,
-                             response_field="response" if synthetic_src else cfg.response_field)
-            label = "task" if synthetic_src else cfg.label_field
-            for name, part in zip(("train", "eval"), build()):
-                tok = part.map(tokenize_batch, batched=True, fn_kwargs=fn_kwargs, remove_columns=part.column_names)
-                kinds = [str(v) for v in part[label]] if label in part.column_names else [""] * len(part)
-                tok.add_column("label", kinds).save_to_disk(str(root / name))
-    return PreparedData(str(root / "train"), str(root / "eval"), offsets, rows, tuple(labels), reuse)
+        if not (root / "meta.json").is_file():
+            log(f"tokenizing {src} (once; cached by its contents) ...")
+            _build_table(cfg, seed, seq_len, model_dir, root)
+    return root
+
+
+def _build_table(cfg: DataConfig, seed: int, seq_len: int, model_dir: str, root: Path) -> None:
+    from transformers import AutoTokenizer
+
+    ds = _load_source(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    fn = dict(tokenizer=tokenizer, seq_len=seq_len, prompt_field=cfg.prompt_field, response_field=cfg.response_field)
+    tok = ds.map(tokenize_batch, batched=True, fn_kwargs=fn, remove_columns=ds.column_names)
+    keep = np.flatnonzero(has_target(np.asarray(tok["labels"])))
+    if len(keep) <= cfg.eval_samples:
+        raise ConfigError("data.eval_samples", f"{cfg.eval_samples} >= the {len(keep)} usable rows of {cfg.source}"
+                                               f" ({len(ds) - len(keep)} have no response token within seq_len)")
+    perm = keep[np.random.default_rng(seed).permutation(len(keep))]
+    eval_idx, train_idx = np.sort(perm[: cfg.eval_samples]), np.sort(perm[cfg.eval_samples :])
+    label_codes, label_names = _codes(ds[cfg.label_field] if cfg.label_field in ds.column_names else [""] * len(ds))
+    user_codes, _ = _codes(ds[cfg.user_field] if cfg.user_field in ds.column_names else [""] * len(ds))
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # a build that crashed half-way
+    tok.select(train_idx).save_to_disk(str(tmp / "train"))
+    tok.select(eval_idx).save_to_disk(str(tmp / "eval"))
+    np.save(tmp / "label.npy", label_codes[train_idx])
+    np.save(tmp / "user.npy", np.unique(user_codes[train_idx], return_inverse=True)[1].astype(np.int64))
+    (tmp / "meta.json").write_text(json.dumps({"labels": label_names, "dropped": int(len(ds) - len(keep)),
+                                               "rows": int(len(train_idx)), "source": cfg.source}))
+    tmp.rename(root)
