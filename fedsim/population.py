@@ -69,7 +69,8 @@ def sample(cfg: PopulationConfig, cat: dict[str, Any], seed: int) -> Population:
     """
     n = cfg.num_clients
     rng = stream(seed, "population")
-    dev_names = [d for d in cfg.devices if cfg.devices[d] > 0]
+    # Catalog order, not the order the scenario lists them in: the same mixture is the same population.
+    dev_names = [d for d in cat["devices"] if cfg.devices.get(d, 0) > 0]
     net_names = list(cat["networks"])
     device = rng.choice(len(dev_names), size=n, p=_mixture(cfg.devices, dev_names)).astype(np.int16)
     network = np.empty(n, dtype=np.int16)

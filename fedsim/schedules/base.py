@@ -29,7 +29,8 @@ class RoundPlan:
     (seconds from dispatch to arrival, NaN if it never arrived), full_s (seconds it would have needed),
     failed_phase, quantization, bytes_down, bytes_up, energy_j, version (global version it trained from),
     staleness (server versions since dispatch at arrival; -1 if it did not arrive), used (its update is
-    aggregated), weight (aggregation weight factor, e.g. the staleness discount).
+    aggregated), weight (aggregation weight factor, e.g. the staleness discount), dispatch (unique id of this
+    dispatch of this client: sync the round, async the dispatch sequence; keys its training streams).
     """
 
     round: int
@@ -55,6 +56,11 @@ class RoundPlan:
         return self.columns["version"][self._used_order]
 
     @property
+    def train_dispatch(self) -> np.ndarray:
+        """Dispatch id of each of `to_train` (two dispatches of one client never share random streams)."""
+        return self.columns["dispatch"][self._used_order]
+
+    @property
     def train_weights(self) -> np.ndarray:
         """Aggregation weight factor of each of `to_train` (multiplies its number of samples)."""
         return self.columns["weight"][self._used_order]
@@ -73,26 +79,44 @@ def online_probability(s: Scenario, pop: Population, ids: np.ndarray, now: float
 
 def select(s: Scenario, pop: Population, rnd: int, now: float, want: int | None = None,
            exclude: np.ndarray | None = None, key: int = 0) -> np.ndarray:
-    """Up to `want` (default ceil(K x over_selection)) distinct clients online at `now`, uniformly among them.
+    """Up to `want` (default ceil(K x over_selection)) distinct clients online at `now`, uniformly among them;
+    fewer only when fewer are online.
 
     Online: inside a behaviour-trace window when the population has traces, else a Bernoulli draw with the
-    client's (diurnally modulated) availability. `exclude` (e.g. clients already in flight) are never chosen.
+    client's (diurnally modulated) availability, one draw per client looked at. Candidates are drawn in
+    batches sized from the online share seen so far (so a diurnal trough costs a second, larger batch rather
+    than an undersized round); once a batch would cover a quarter of the clients not yet looked at, the rest
+    are looked at in a random order. Work is O(clients looked at), not O(population), in the usual case.
+    `exclude` (e.g. clients already in flight) are never chosen.
     """
     if want is None:
         want = math.ceil(s.server.clients_per_round * s.server.over_selection)
     if want <= 0:
         return np.zeros(0, np.int64)
     rng = stream(s.seed, "select", rnd, key)
-    n_excl = 0 if exclude is None else len(exclude)
-    n_cand = min(pop.size, math.ceil((want + n_excl) / max(pop.mean_availability, 1e-3) * 1.5) + 16)
-    cand = rng.choice(pop.size, size=n_cand, replace=False)
-    if n_excl:
-        cand = cand[~np.isin(cand, exclude)]
-    if pop.windows is not None:
-        is_online = pop.windows.online(cand, now)
-    else:
-        is_online = rng.random(len(cand)) < online_probability(s, pop, cand, now)
-    return cand[is_online][:want].astype(np.int64)
+    excl = np.zeros(0, np.int64) if exclude is None else np.unique(np.asarray(exclude, np.int64))
+    seen = np.zeros(0, np.int64)
+    found: list[np.ndarray] = []
+    n_found, rate = 0, max(pop.mean_availability, 1e-3)
+    while n_found < want and len(seen) < pop.size:
+        remaining = pop.size - len(seen)
+        m = math.ceil((want - n_found + len(excl)) / rate * 1.2) + 16
+        if 4 * m >= remaining:
+            cand = rng.permutation(np.setdiff1d(np.arange(pop.size), seen, assume_unique=True))
+        else:
+            cand = rng.choice(pop.size, size=m, replace=False)
+            cand = cand[~np.isin(cand, seen)]
+        seen = np.union1d(seen, cand)
+        cand = cand[~np.isin(cand, excl)]
+        if pop.windows is not None:
+            is_online = pop.windows.online(cand, now)
+        else:
+            is_online = rng.random(len(cand)) < online_probability(s, pop, cand, now)
+        hits = cand[is_online][: want - n_found]
+        found.append(hits)
+        n_found += len(hits)
+        rate = max(float(is_online.mean()) if len(cand) else rate, 1e-4)
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
 
 
 def failure_offsets(s: Scenario, rng: np.random.Generator, t_down: np.ndarray, t_comp: np.ndarray,

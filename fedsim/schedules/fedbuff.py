@@ -6,7 +6,9 @@ time; whenever one arrives or fails a replacement is dispatched at that virtual 
 buffer; after `buffer_size` usable arrivals the server aggregates and the version advances (one server step =
 one row of rounds.jsonl). An update's staleness is (server version at arrival - version at dispatch); one
 staler than `max_staleness` is discarded (status `stale`, booked as waste, never trained); the others are
-weighted by a staleness function (1/sqrt(1+s) by default; polynomial as in Xie et al. 2019, FedAsync).
+weighted by a staleness function (1/sqrt(1+s) by default; polynomial as in Xie et al. 2019, FedAsync) that
+is NOT normalised away: the server step is (1/K) sum_i s(tau_i) Delta_i (Algorithm 1 of the paper; with sample
+weights, sum_i n_i s(tau_i) Delta_i / sum_i n_i, see `fedsim.strategies.fedavg.WeightedMean`).
 Events live on the heap clock across steps: in-flight clients persist from one step to the next.
 """
 
@@ -74,23 +76,26 @@ class FedBuffSchedule:
         self.inflight, self._resolved = dict(state["inflight"]), list(state["resolved"])
 
     def _dispatch(self, rnd: int) -> None:
-        """Fill free slots with online clients not in flight, at the current virtual time."""
+        """Fill every free slot with online clients not in flight, at the current virtual time.
+
+        Ineligible picks (the model does not fit) free their slot at once and are replaced by other clients
+        at the same instant, until the slots are full or nobody else is online now.
+        """
         s, pop = self.s, self.pop
-        for _ in range(3):  # ineligible picks free their slot at once; a few refills, then wait for events
-            free = self.cfg.concurrency - len(self.inflight)
-            if free <= 0:
-                return
+        tried: list[int] = []
+        while (free := self.cfg.concurrency - len(self.inflight)) > 0:
             self.batch += 1
-            busy = np.array([r["client"] for r in self.inflight.values()], dtype=np.int64)
+            busy = np.array([r["client"] for r in self.inflight.values()] + tried, dtype=np.int64)
             ids = select(s, pop, rnd, self.clock.now, want=free, exclude=busy, key=self.batch)
             if len(ids) == 0:
                 return
+            tried.extend(int(c) for c in ids)
             jitter = stream(s.seed, "jitter-async", self.batch).lognormal(0.0, s.population.round_jitter_sigma, len(ids))
             t_down, t_comp, t_up, option = phase_times(self.profile, pop, ids, jitter)
             fail = failure_offsets(s, stream(s.seed, "dropout-async", self.batch), t_down, t_comp, t_up, option >= 0)
             for i, c in enumerate(ids):
                 rec = {"client": int(c), "start": self.clock.now, "full": (t_down[i], t_comp[i], t_up[i]),
-                       "option": int(option[i]), "fail": float(fail[i]), "version": self.version}
+                       "option": int(option[i]), "fail": float(fail[i]), "version": self.version, "dispatch": -1}
                 if option[i] < 0:
                     self._resolved.append({**rec, "status": INELIGIBLE, "cut": 0.0, "staleness": -1})
                     continue
@@ -99,12 +104,19 @@ class FedBuffSchedule:
                     self.clock.push(self.clock.now + fail[i], self.seq, _FAIL)
                 else:
                     self.clock.push(self.clock.now + total, self.seq, _ARRIVE)
-                self.inflight[self.seq] = rec
+                self.inflight[self.seq] = {**rec, "dispatch": self.seq}
                 self.seq += 1
+            if len(ids) < free:
+                return  # fewer online than free slots: wait for the next event
 
     def next_round(self, rnd: int) -> RoundPlan:
-        """Advance until `buffer_size` usable updates arrived; aggregate (version + 1); the last step also cuts
-        off every client still in flight (booked as late, partial costs)."""
+        """Advance until `buffer_size` usable updates arrived, then aggregate (version + 1).
+
+        Slots freed by an arrival or failure are refilled at once, except at the buffer's last arrival: the
+        server aggregates at that instant, so its replacement is dispatched (at the same virtual time) by the
+        next step, with the new version. The last step cuts off every client still in flight (booked as
+        late with its partial costs).
+        """
         start = self.clock.now
         used = 0
         self._dispatch(rnd)
@@ -123,11 +135,14 @@ class FedBuffSchedule:
                 ok = staleness <= self.cfg.max_staleness
                 used += ok
                 self._resolved.append({**rec, "status": COMPLETED if ok else STALE, "cut": cut, "staleness": staleness})
-            self._dispatch(rnd)
+            if used < self.cfg.buffer_size:
+                self._dispatch(rnd)
         self.version += 1
         if rnd == self.s.server.rounds:
             for rec in self.inflight.values():
-                self._resolved.append({**rec, "status": LATE, "cut": self.clock.now - rec["start"], "staleness": -1})
+                if self.clock.now > rec["start"]:  # one dispatched at this very instant did no work: not booked
+                    self._resolved.append({**rec, "status": LATE, "cut": self.clock.now - rec["start"],
+                                           "staleness": -1})
             self.inflight.clear()
             self.clock.clear()
         return self._plan(rnd, start)
@@ -156,4 +171,5 @@ class FedBuffSchedule:
             "staleness": staleness,
             "used": status == COMPLETED,
             "weight": np.where(status == COMPLETED, staleness_weight(self.cfg, np.maximum(staleness, 0)), 0.0),
+            "dispatch": np.array([r["dispatch"] for r in rows], dtype=np.int64),
         })

@@ -101,4 +101,5 @@ class SyncSchedule:
             "staleness": np.where(completed, 0, -1).astype(np.int64),
             "used": completed & (not failed),
             "weight": np.ones(n),
+            "dispatch": np.full(n, rnd, np.int64),
         }, failed=failed)

@@ -13,8 +13,8 @@ def _pop(**over):
 def test_mixture_shares_and_determinism():
     s, p = _pop(**{"population.devices": {"laptop": 0.25, "phone-budget": 0.75}})
     share = np.bincount(p.device, minlength=2) / p.size
-    assert p.device_names == ("laptop", "phone-budget")
-    assert abs(share[0] - 0.25) < 0.02 and abs(share[1] - 0.75) < 0.02
+    assert p.device_names == ("phone-budget", "laptop")  # catalog order
+    assert abs(share[1] - 0.25) < 0.02 and abs(share[0] - 0.75) < 0.02
     _, q = _pop(**{"population.devices": {"laptop": 0.25, "phone-budget": 0.75}})
     assert np.array_equal(p.flops, q.flops) and np.array_equal(p.up_bps, q.up_bps)
     _, r = _pop(**{"population.devices": {"laptop": 0.25, "phone-budget": 0.75}, "seed": 1})
@@ -42,3 +42,11 @@ def test_per_device_network_mixtures():
 def test_no_spread_when_sigma_zero():
     _, p = _pop(**{"population.devices": {"laptop": 1.0}, "population.compute_sigma": 0.0})
     assert np.ptp(p.flops) == 0
+
+
+def test_population_does_not_depend_on_the_key_order_of_devices():
+    _, a = _pop(**{"population.devices": {"laptop": 0.25, "phone-budget": 0.5, "edge-gpu": 0.25}})
+    _, b = _pop(**{"population.devices": {"edge-gpu": 0.25, "phone-budget": 0.5, "laptop": 0.25}})
+    assert a.device_names == b.device_names
+    for key in ("device", "network", "flops", "memory_bytes", "up_bps", "latency_s"):
+        assert np.array_equal(getattr(a, key), getattr(b, key)), key

@@ -175,3 +175,30 @@ def test_diurnal_availability_follows_local_time():
     at_20h_utc = online_probability(s, pop, np.arange(10), 20 * 3600.0)
     np.testing.assert_allclose(at_20h_utc[:5], 0.5 * 1.8)  # local 20:00: the peak
     np.testing.assert_allclose(at_20h_utc[5:], 0.5 * 0.2)  # local 08:00: the trough
+
+
+def test_selection_finds_k_online_clients_in_a_diurnal_trough():
+    """100k clients, availability 0.5 x (1 + 0.9 cos): at the trough 5% are online (~5,000), so a round that
+    wants 130 must get 130 (the candidate draw was sized by the mean availability and found ~20)."""
+    from fedsim import catalog
+    from fedsim.population import sample
+    from fedsim.schedules.base import online_probability
+
+    s = load({}, {"population.num_clients": 100_000, "population.availability": 0.5,
+                  "population.diurnal": {"amplitude": 0.9, "peak_hour": 20, "timezones": {"0": 1}},
+                  "server.clients_per_round": 100, "server.over_selection": 1.3})
+    pop = sample(s.population, catalog.load(), s.seed)
+    trough = 8 * 3600.0  # local 08:00 everywhere: 12 h from the 20:00 peak
+    assert np.allclose(online_probability(s, pop, np.arange(10), trough), 0.05)
+    for rnd in range(1, 6):
+        ids = select(s, pop, rnd, trough)
+        assert len(ids) == 130 and len(np.unique(ids)) == 130
+    assert len(select(s, pop, 1, trough, exclude=select(s, pop, 1, trough))) == 130  # others, not the same
+
+
+def test_selection_returns_everyone_online_when_fewer_than_k_are():
+    s = load({}, {"population.num_clients": 10, "server.clients_per_round": 8, "server.over_selection": 1.0})
+    half = _pop(availability=1.0)
+    half.availability[5:] = 0.0  # a population's arrays are data: switch half of it off
+    for rnd in range(1, 20):
+        assert sorted(select(s, half, rnd, 0.0)) == [0, 1, 2, 3, 4]
