@@ -32,26 +32,21 @@ sys.path.insert(0, str(ROOT))
 def bare_loop(scenario, plan_rows, threads: int) -> tuple[float, list[float]]:
     """Single process, no Ray: same model load, data, clients, training, FedAvg and evals as fedsim."""
     t0 = time.perf_counter()
-    import datasets
-    import numpy as np
     import torch
-    from transformers import AutoTokenizer
 
-    from fedsim.data.prepare import prepare
+    from fedsim.data.prepare import prepare_data
+    from fedsim.data.reader import DataReader
     from fedsim.models.base import ensure_base_model
     from fedsim.models.local import evaluate, load_local_model, train_client
     from fedsim.strategies.fedavg import WeightedMean, apply_update
 
     s = scenario
     torch.set_num_threads(threads)
-    model_dir = ensure_base_model(s.model)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    data = prepare(s.data, s.population.num_clients, s.seed, tok, s.training.seq_len, str(model_dir))
-    tr = datasets.load_from_disk(data.train_path).with_format("numpy")[:]
-    ev = datasets.load_from_disk(data.eval_path).with_format("numpy")[:]
-    ids, labels = tr["input_ids"].astype(np.int32), tr["labels"].astype(np.int32)
-    eids, elabels = ev["input_ids"].astype(np.int32), ev["labels"].astype(np.int32)
-    lm = load_local_model(str(model_dir), s.peft, s.runtime.train_dtype)
+    model_dir = str(ensure_base_model(s.model))
+    data = prepare_data(s, model_dir, log=lambda _: None)
+    reader = DataReader(data.spec)  # the same per-client generation/tokenization (or mmap reads) as a worker
+    eids, elabels = reader.eval_set()
+    lm = load_local_model(model_dir, s.peft, s.runtime.train_dtype)
     state = lm.get_state()
     evaluate(lm, state, eids, elabels)
     startup = time.perf_counter() - t0
@@ -60,8 +55,9 @@ def bare_loop(scenario, plan_rows, threads: int) -> tuple[float, list[float]]:
         t = time.perf_counter()
         mean = WeightedMean()
         for c in clients:
-            delta, _ = train_client(lm, state, ids, labels, data.client_rows(c), s.training, s.seed, rnd, c)
-            mean.add(float(data.sizes[c]), delta)
+            ids, labels, _ = reader.client(c, data.client_rows(c))
+            delta, _ = train_client(lm, state, ids, labels, s.training, s.seed, rnd, c)  # sync: dispatch = round
+            mean.add(float(len(ids)), delta)
         state = apply_update(state, mean.mean(), s.server.server_lr)
         if rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0):
             evaluate(lm, state, eids, elabels)
@@ -86,14 +82,15 @@ def _one_repetition(args, tmp: Path) -> dict:
     out = {}
     for workers in (1, 2):
         run_dir = tmp / f"w{workers}"
-        total = _fresh([sys.executable, "-m", "fedsim", "run", args.scenario, "--out", str(run_dir), "--quiet",
+        total = _fresh([sys.executable, "-m", "fedsim", "run", args.scenario, "--out", str(run_dir), "--quiet", "--report", "off",
                         "--set", f"server.rounds={args.rounds}", "--set", f"runtime.num_workers={workers}"])
         summary = json.loads((run_dir / "summary.json").read_text())
         rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
         out[f"fedsim_{workers}w"] = {"process_s": total, "startup_s": summary["startup_s"],
                                      "per_round": [r["wall_s"] for r in rounds]}
     clients = pd.read_parquet(tmp / "w1" / "clients.parquet")
-    done = clients[clients.trained].sort_values(["round", "finish_s"], kind="stable")
+    clients["arrival"] = clients.start_s + clients.finish_s
+    done = clients[clients.trained].sort_values(["round", "arrival"], kind="stable")
     plan_rows = [(r, [int(c) for c in done[done["round"] == r].client_id]) for r in range(1, args.rounds + 1)]
     (tmp / "plan.json").write_text(json.dumps(plan_rows))
     for threads in (1, 2):

@@ -8,15 +8,18 @@
     fedsim report RUN_DIR
     fedsim compare RUN_A RUN_B ... [--out DIR]
 
-Configuration and usage errors print one line and exit with code 2; nothing already written is touched.
+Configuration and usage errors print one line and exit with code 2; nothing already written is touched. A run
+stopped by a runtime failure prints one line (which checkpoint to resume from) and exits with code 1; Ctrl-C
+exits with code 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, RunAborted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-after", type=int, metavar="ROUND", help="stop (with a checkpoint) after this round")
     r.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run directory")
     r.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    r.add_argument("--report", choices=("background", "inline", "off"), default="background",
+                   help="report.html: drawn by a detached process after exit (default), before exit, or not at all "
+                        "(fedsim report RUN_DIR draws it any time)")
     e = scenario_cmd("estimate", "compute a federation's costs without training (fast, vectorized)")
     e.add_argument("--out", help="run directory (default runs/<scenario name>)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run directory")
@@ -84,50 +90,86 @@ def _print_cost(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `fedsim` console script."""
+    """Entry point of the `fedsim` console script: user errors become one line and an exit code, not a traceback."""
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("report", "compare"):
-            from fedsim.report import compare, write_report
-
-            print(write_report(args.run_dir) if args.command == "report" else compare(args.run_dirs, args.out))
-            return 0
-        if args.command == "validate":
-            import yaml
-
-            from fedsim.scenario import dump, load
-
-            print(yaml.safe_dump(dump(load(args.scenario, args.overrides)), sort_keys=False), end="")
-            print(f"fedsim: {args.scenario} is valid", file=sys.stderr)
-            return 0
-        if args.command == "cost":
-            import json
-
-            from fedsim.cost import client_cost
-            from fedsim.scenario import load
-
-            report = client_cost(load(args.scenario, args.overrides), args.device, args.network, args.gpus,
-                                 args.zero, args.offload)
-            print(json.dumps(report, indent=2)) if args.json else _print_cost(report)
-            return 0
-        if args.command == "estimate":
-            from fedsim.estimator import estimate
-
-            result = estimate(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet,
-                              report=args.report)
-            print(result.run_dir)
-            return 0
-        if (args.scenario is None) == (args.resume is None):
-            raise ConfigError("run", "give either a SCENARIO or --resume RUN_DIR")
-        from fedsim.runtime.engine import run
-
-        result = run(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet,
-                     resume=args.resume, stop_after=args.stop_after)
-        print(result.run_dir)
-        return 0
+        code = _dispatch(args)
     except ConfigError as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
-        return 2
+        code = 2
+    except RunAborted as err:
+        print(f"fedsim: error: {err}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("fedsim: interrupted", file=sys.stderr)
+        code = 130
+    if _STOPPED_RAY:  # see fedsim.runtime.cluster.stop_local_ray: leave without Ray's exit handler
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+_STOPPED_RAY: list[bool] = []
+
+
+def _check_resume(args: argparse.Namespace) -> None:
+    """`run --resume` continues the recorded config.yaml in place: options that would change either are refused."""
+    if (args.scenario is None) == (args.resume is None):
+        raise ConfigError("run", "give either a SCENARIO or --resume RUN_DIR")
+    if args.resume is None:
+        return
+    for flag, given in (("--set", args.overrides), ("--out", args.out), ("--overwrite", args.overwrite)):
+        if given:
+            raise ConfigError(flag, "cannot be combined with --resume: a resumed run continues the recorded "
+                                    "config.yaml in its own directory")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run one sub-command; returns its exit code."""
+    if args.command in ("report", "compare"):
+        from fedsim.report import compare, write_report
+
+        print(write_report(args.run_dir) if args.command == "report" else compare(args.run_dirs, args.out))
+        return 0
+    if args.command == "validate":
+        import yaml
+
+        from fedsim.scenario import dump, load
+
+        print(yaml.safe_dump(dump(load(args.scenario, args.overrides)), sort_keys=False), end="")
+        print(f"fedsim: {args.scenario} is valid", file=sys.stderr)
+        return 0
+    if args.command == "cost":
+        import json
+
+        from fedsim.cost import client_cost
+        from fedsim.scenario import load
+
+        report = client_cost(load(args.scenario, args.overrides), args.device, args.network, args.gpus,
+                             args.zero, args.offload)
+        print(json.dumps(report, indent=2)) if args.json else _print_cost(report)
+        return 0
+    if args.command == "estimate":
+        from fedsim.estimator import estimate
+
+        result = estimate(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet,
+                          report=args.report)
+        print(result.run_dir)
+        return 0
+    _check_resume(args)
+    from fedsim.runtime.cluster import stop_local_ray
+    from fedsim.runtime.engine import run, start_report
+
+    try:
+        result = run(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet,
+                     resume=args.resume, stop_after=args.stop_after, report="off")
+    finally:
+        if stop_local_ray():
+            _STOPPED_RAY.append(True)
+    start_report(result.run_dir, args.report)  # a detached process by default: the user is not held up
+    print(result.run_dir)
+    return 0
 
 
 if __name__ == "__main__":

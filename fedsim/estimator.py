@@ -33,8 +33,8 @@ def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, o
     `report`, also report.html."""
     t0 = time.perf_counter()
     s = scenario if isinstance(scenario, Scenario) else load(scenario, overrides)
+    _, pop, profile = scenario_costs(s)  # before the run directory: a bad model or PEFT config leaves nothing
     run_dir = open_run_dir(out, s, overwrite)
-    _, pop, profile = scenario_costs(s)
     sizes = client_sizes(s.data, s.population.num_clients, s.seed)
     per_device = expected_client_rows(s) > s.estimate.client_rows_limit
     ledger = Ledger(str(run_dir), per_device=per_device)

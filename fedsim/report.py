@@ -64,7 +64,7 @@ def _page(title: str, body: str) -> str:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """report.html (+ report/*.png) for one run directory."""
+    """report.html (+ report/*.png, and budget.png if missing) for one run directory."""
     d, summary, rounds, clients = load_run(run_dir)
     figs = d / "report"
     figs.mkdir(exist_ok=True)
@@ -89,6 +89,10 @@ def write_report(run_dir: str | Path) -> Path:
     if clients is not None:
         parts.append(_figure(figures.staleness_hist(clients, figs / "staleness.png"),
                              "Staleness of arrived updates (data: clients.parquet staleness, status)."))
+    if not (d / "budget.png").is_file() and "per_device" in summary:  # train mode leaves it to the report
+        from fedsim.metrics.plots import budget_figure
+
+        budget_figure(d, rounds.to_dict("records"), summary["per_device"])
     if (d / "budget.png").is_file():
         parts.append(_figure(d / "budget.png", "Budget: cumulative bytes, energy and CO2 (data: rounds.jsonl, "
                                                "summary.json per_device)."))

@@ -58,25 +58,31 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
         "idle_client_s": float((end - c["start_s"][used] - c["finish_s"][used]).sum()),
         "staleness_mean": float(c["staleness"][used].mean()) if used.any() else None,
         "staleness_max": int(c["staleness"][used].max()) if used.any() else None,
+        "quarantined": int(stats.get("quarantined", 0)),
+        "rows_dropped": int(stats.get("rows_dropped", 0)),
         "train_loss": stats.get("train_loss"),
         "eval_loss": eval_loss,
+        "global_sha": stats.get("global_sha"),
         "wall_s": wall_s,
     }
 
 
-def client_columns(plan: RoundPlan, pop: Population, sizes: np.ndarray, losses: list[float] | None,
+def client_columns(plan: RoundPlan, pop: Population, sizes: np.ndarray, results: list | None,
                    quantizations: tuple[str, ...]) -> dict[str, np.ndarray]:
     """clients.parquet rows of one round (selection order), as arrays.
 
-    `losses` are the trained clients' losses in arrival order (train mode); None in estimate mode, where nobody
-    is trained and `trained` is false everywhere.
+    `results` are the trained clients' `ClientResult`s in arrival order (train mode); None in estimate mode,
+    where nobody is trained and `trained` is false everywhere.
     """
     c = plan.columns
     ids = c["client_id"]
-    trained = c["used"] & (losses is not None)
+    trained = c["used"] & (results is not None)
     loss = np.full(len(ids), np.nan)
-    order = np.argsort((c["start_s"] + c["finish_s"])[trained], kind="stable")  # losses come in arrival order
-    loss[np.flatnonzero(trained)[order]] = losses if losses is not None else []
+    source = np.full(len(ids), None, dtype=object)
+    quarantined = np.zeros(len(ids), bool)
+    rows = np.flatnonzero(trained)[np.argsort((c["start_s"] + c["finish_s"])[trained], kind="stable")]
+    for row, res in zip(rows, results or []):  # results come in arrival order
+        loss[row], source[row], quarantined[row] = res.loss, res.trained_from, not res.finite
     quant = np.array([*quantizations, ""], dtype=object)  # -1 (ineligible) picks ""
     return {
         "round": np.full(len(ids), plan.round),
@@ -91,6 +97,8 @@ def client_columns(plan: RoundPlan, pop: Population, sizes: np.ndarray, losses: 
         "num_samples": sizes[ids],
         "trained": trained,
         "train_loss": loss,
+        "trained_from": source,
+        "quarantined": quarantined,
     }
 
 

@@ -71,20 +71,23 @@ def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32
 
 def train_client(
     lm: LocalModel, global_state: dict[str, np.ndarray], input_ids: np.ndarray, labels: np.ndarray,
-    rows: np.ndarray, cfg: TrainingConfig, seed: int, rnd: int, client: int,
+    cfg: TrainingConfig, seed: int, dispatch: int, client: int,
 ) -> tuple[dict[str, np.ndarray], float]:
-    """Run cfg.local_steps optimizer steps from `global_state` on the client's rows; return (delta, mean loss).
+    """Run cfg.local_steps optimizer steps from `global_state` on one client's rows; return (delta, mean loss).
 
-    Batches come from the client's own seeded stream (seed, "data", round, client): the same client in the
-    same round sees the same batches on any worker.
+    `input_ids`/`labels` are the client's own rows. Batches come from its own seeded stream (seed, "data",
+    dispatch, client), torch's dropout/init randomness from (seed, "torch", dispatch, client): the same
+    dispatch of the same client sees the same batches on any worker, and two dispatches of one client (async)
+    do not repeat each other's draws.
     """
     import torch
 
-    torch.manual_seed(seed_int(seed, "torch", rnd, client))
+    torch.manual_seed(seed_int(seed, "torch", dispatch, client))
     lm.set_state(global_state)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.SGD
     opt = opt_cls(lm.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = stream(seed, "data", rnd, client)
+    rng = stream(seed, "data", dispatch, client)
+    rows = np.arange(len(input_ids))
     need = cfg.local_steps * cfg.batch_size
     order = np.concatenate([rng.permutation(rows) for _ in range(-(-need // len(rows)))])[:need]
     lm.model.train()

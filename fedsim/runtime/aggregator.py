@@ -1,7 +1,8 @@
 """The aggregator actor: owns the global adapter, folds client updates in as they arrive, keeps the ledger.
 
 Updates stream in (memory O(adapter), see `fedsim.strategies.fedavg`); they are folded in the clock's arrival
-order whatever order they physically arrive in, so the result is bit-identical for any number of workers.
+order whatever order they physically arrive in, so the result is bit-identical for any number of workers. A
+non-finite or empty update is quarantined (counted, never folded): one NaN must not poison the global model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.client_round import ClientResult, state_digest
 from fedsim.metrics.ledger import Ledger
 from fedsim.strategies.fedavg import OrderedFold, WeightedMean, apply_update
 
@@ -28,34 +30,47 @@ class Aggregator:
         """Start collecting the updates of round `rnd`."""
         self.round = rnd
         self.deltas = WeightedMean()
-        self.losses: dict[int, float] = {}
+        self.results: dict[int, ClientResult] = {}
         self.loss_sum = 0.0
+        self.loss_weight = 0.0
         self.fold = OrderedFold(self._fold)
 
-    def _fold(self, seq: int, weight: float, loss: float, delta: dict[str, np.ndarray]) -> None:
-        self.deltas.add(weight, delta)
-        self.loss_sum += weight * loss
-        self.losses[seq] = loss
+    def _fold(self, seq: int, weight: float, norm: float, result: ClientResult, delta: dict[str, np.ndarray]) -> None:
+        self.results[seq] = result
+        if not result.finite:
+            return
+        self.deltas.add(weight * result.num_samples, delta, norm * result.num_samples)
+        self.loss_sum += norm * result.num_samples * result.loss
+        self.loss_weight += norm * result.num_samples
 
-    def put(self, seq: int, result: tuple) -> None:
-        """Accept the update of the seq-th client in arrival order: (num_samples, loss, delta)."""
-        weight, loss, delta = result
-        self.fold.put(seq, seq, weight, loss, delta)
+    def put(self, seq: int, weight: float, norm: float, result: ClientResult, delta: dict[str, np.ndarray]) -> None:
+        """Accept the update of the seq-th client in arrival order. Its weight in the mean is weight x samples
+        over a normaliser norm x samples (FedAvg: weight = norm = 1; FedBuff: weight = staleness discount)."""
+        self.fold.put(seq, seq, weight, norm, result, delta)
 
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Apply the round's weighted mean delta to the global adapter; return (global, round stats)."""
+        """Apply the round's mean delta to the global adapter; return (global, round stats)."""
         self.global_state = apply_update(self.global_state, self.deltas.mean(), self.server_lr)
+        ordered = [self.results[i] for i in sorted(self.results)]
         stats = {
             "aggregated": self.deltas.count,
-            "train_loss": self.loss_sum / self.deltas.weight if self.deltas.count else None,
-            "client_losses": [self.losses[i] for i in sorted(self.losses)],
+            "received": len(ordered),
+            "quarantined": sum(not r.finite for r in ordered),
+            "rows_dropped": sum(r.rows_dropped for r in ordered),
+            "train_loss": self.loss_sum / self.loss_weight if self.loss_weight else None,
+            "results": ordered,
             "reorder_peak": self.fold.peak_waiting,
+            "global_sha": state_digest(self.global_state),
         }
         return self.global_state, stats
 
     def current(self) -> dict[str, np.ndarray]:
         """The global adapter now."""
         return self.global_state
+
+    def digest(self) -> str:
+        """`state_digest` of the global adapter now (the initial version's provenance)."""
+        return state_digest(self.global_state)
 
     def record(self, round_row: dict[str, Any], client_cols: dict[str, list]) -> None:
         """Append a closed round to the ledger and make it durable (a crash keeps every finished round)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+from fedsim.errors import ConfigError
 from fedsim.scenario.schema import ClusterSpec, RuntimeConfig
 
 # Variables the worker processes must see (offline hubs, caches), forwarded into every actor's runtime_env.
@@ -20,17 +21,139 @@ def worker_env() -> dict[str, str]:
 
 
 def init_ray(spec: ClusterSpec):
-    """Start or join Ray (reusing an instance this process already started, e.g. in tests)."""
+    """Start or join Ray (reusing an instance this process already started, e.g. in tests); returns `ray`.
+
+    Joining a cluster (`address`) probes the address first, because ray.init retries an unreachable GCS
+    without end: an address that does not answer is a ConfigError on `runtime.cluster.address` within
+    about 2 x PROBE_TIMEOUT_S (Ray Client adds at most its own ~30 s). Safe to call from any thread.
+    """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     if not ray.is_initialized():
         kwargs = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
         if spec.address:
-            ray.init(address=spec.address, **kwargs)
+            probe_address(spec.address)
+            try:
+                ray.init(address=spec.address, **kwargs)
+            except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+                raise _unreachable(spec.address, None, exc) from None
         else:
             ray.init(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, **kwargs)
+            _STARTED_HERE.append(True)
     return ray
+
+
+_STARTED_HERE: list[bool] = []  # non-empty once this process started its own local Ray
+
+
+def stop_local_ray() -> bool:
+    """Kill the local Ray instance this process started, at once; True if it did (the caller must then leave
+    with `os._exit`). Nothing happens when fedsim joined a cluster or found Ray already running.
+
+    For the CLI, whose run directory is complete and closed by then: `ray.shutdown()` stops Ray's processes
+    one after another with a graceful second each (~1.4 s here, most of the time between a run's last round
+    and its exit), and Ray's core worker cannot be torn down once they are gone (it aborts at interpreter
+    exit). So the processes are killed together, as `ray stop --force` does, and the process exits without
+    Ray's exit handler.
+    """
+    if not _STARTED_HERE:
+        return False
+    import psutil
+
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return True
+
+
+ADDRESS_KEY = "runtime.cluster.address"
+PROBE_TIMEOUT_S = 5.0
+
+
+def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> str:
+    """The host:port ray.init(address) will connect to; a ConfigError unless a Ray server answers there.
+
+    "auto" and host:port resolve as Ray resolves them (RAY_ADDRESS, the newest local session, localhost ->
+    this node's IP); "ray://host:port" is probed as given. A TCP connect and then one Ray RPC each get
+    `timeout` seconds, so a closed port, a black hole and a non-Ray service all fail fast.
+    """
+    from ray._private import services
+
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme != "ray":
+        return address  # a Ray Client plugin scheme: left to ray.init (Ray Client times out by itself)
+    try:
+        target = rest if sep else services.canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as exc:  # "auto" with no cluster running; a malformed address
+        raise _unreachable(address, None, exc) from None
+    try:
+        _tcp_probe(target, timeout)
+    except (OSError, ValueError) as exc:
+        raise _unreachable(address, target, exc) from None
+    _ray_probe(address, target, bool(sep), timeout)
+    return target
+
+
+def _tcp_probe(target: str, timeout: float) -> None:
+    """Open and close one TCP connection to host:port (OSError if refused, unresolvable or silent too long)."""
+    import socket
+
+    from ray._private import services
+
+    host, port = services.parse_address(target) or (None, None)
+    if host is None or not str(port).isdigit():
+        raise ValueError(f"expected host:port, got {target!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except TimeoutError:
+        raise TimeoutError(f"no answer within {timeout:g} s") from None
+
+
+def _ray_probe(address: str, target: str, client: bool, timeout: float) -> None:
+    """Ask `target` one Ray question (GCS: its cluster id; Ray Client: a ping) within `timeout` seconds.
+
+    Uses Ray's own channel settings (TLS, proxy); an answer that is an authentication refusal still proves a
+    Ray server is there. Anything else that answers (another service, a proxy) fails here, before ray.init
+    starts retrying it.
+    """
+    import grpc
+    from ray._private import ray_constants
+    from ray._private.grpc_utils import init_grpc_channel
+
+    channel = init_grpc_channel(target, options=ray_constants.GLOBAL_GRPC_OPTIONS)
+    try:
+        if client:
+            from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+
+            ping = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)
+            ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(ping, timeout=timeout)
+        else:
+            from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+            stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+    except grpc.RpcError as exc:  # raised by a call, so it is also a grpc.Call with code() and details()
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return  # a Ray server that wants a token: it is there, and ray.init brings the token
+        server = "Ray Client server" if client else "Ray GCS"
+        why = f"no answer within {timeout:g} s" if code == grpc.StatusCode.DEADLINE_EXCEEDED else \
+            f"{code.name}: {exc.details()}"
+        raise _unreachable(address, target, f"the port is open but no {server} answered ({why})") from None
+    finally:
+        channel.close()
+
+
+def _unreachable(address: str, target: str | None, reason) -> ConfigError:
+    """The one-line error for an address that cannot be joined."""
+    if isinstance(reason, OSError) and reason.strerror:
+        reason = reason.strerror
+    where = f"{address} ({target})" if target and target not in (address, address.partition("://")[2]) else address
+    return ConfigError(ADDRESS_KEY, f"cannot reach Ray at {where}: {' '.join(str(reason).split())}")
 
 
 def pool_size(ray, spec: ClusterSpec, rt: RuntimeConfig) -> int:

@@ -1,62 +1,96 @@
 """The engine: scenario -> run directory. Virtual plane (clock, schedule, costs) decides; the pool trains.
 
-`run()` sets up once (population, cost profile, base model, data, Ray actors), then loops over rounds:
-plan the round on the virtual clock, train only the clients that will count, aggregate, evaluate when due,
-record. Everything a round costs is in the ledger; wall time is measured apart from virtual time.
+`run()` prepares while Ray starts (a background thread: model directory, data partition, population, cost
+profile and schedule are numpy work that needs neither Ray nor torch), opens the run directory only once the
+scenario proved sound, starts the actors without waiting for them, then loops over rounds: plan the round on
+the virtual clock, train only the clients that will count, aggregate, evaluate when due, record.
 """
 
 from __future__ import annotations
 
+import copy
+import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedsim.costs.profile import scenario_costs
-from fedsim.metrics.console import RunConsole
-from fedsim.metrics.plots import budget_figure
-from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
-from fedsim.rundir import RunResult, open_run_dir, write_summary
-from fedsim.runtime import checkpoint
+from fedsim.errors import ConfigError, RunAborted
 from fedsim.scenario import Scenario, dump, load
-from fedsim.schedules import make_schedule
+
+if TYPE_CHECKING:
+    from fedsim.rundir import RunResult
+
+# Everything else is imported by the preparation thread (numpy, pyarrow, rich, the cost models, ...) while the
+# main thread starts Ray: start-up is Ray's start, not Ray's start plus our imports.
 
 
-def _setup(s: Scenario, run_dir: Path, con: RunConsole, resume=None):
-    from fedsim.logs import quiet_libraries
+def process_start_time() -> float:
+    """Epoch seconds at which this process started, to ~10 ms (psutil's create_time rests on the boot time,
+    which Linux gives in whole seconds: up to a second off)."""
+    import os
 
-    quiet_libraries()
-    from transformers import AutoTokenizer
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        import psutil
 
-    from fedsim.data.prepare import prepare
-    from fedsim.models.base import ensure_base_model
-    from fedsim.runtime.cluster import init_ray, pool_size
-    from fedsim.runtime.pool import Pool
+        return psutil.Process().create_time()
+
+
+def _scenario(scenario, overrides, resume) -> Scenario:
+    if resume is None:
+        return scenario if isinstance(scenario, Scenario) else load(scenario, overrides)
+    if overrides:
+        raise ConfigError("--set", "cannot be combined with --resume: a resumed run continues its config.yaml")
+    return load(Path(resume) / "config.yaml")
+
+
+def _prepare(s: Scenario, quiet: bool, marks: dict[str, float]):
+    """Everything the driver computes before the first round, overlapped with Ray's start.
+
+    Ray starts on the main thread (the processes it spawns are bound to the thread that started them), the
+    driver's own imports and preparation run meanwhile on a helper thread: ray.init mostly waits on its
+    subprocesses.
+    """
+    from fedsim.runtime.cluster import init_ray
     from fedsim.scenario.load import load_cluster
 
-    model_dir = ensure_base_model(s.model, log=con.log)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    data = prepare(s.data, s.population.num_clients, s.seed, tokenizer, s.training.seq_len, str(model_dir))
-    if data.reuse > 1:
-        con.log(f"[yellow]data.source has fewer rows than the clients ask for: rows reused up to {data.reuse:.1f}x")
-    _, pop, profile = scenario_costs(s, str(model_dir))
     spec = load_cluster(s.runtime.cluster)
-    ray = init_ray(spec)
-    n = pool_size(ray, spec, s.runtime)
-    con.log(f"{s.population.num_clients} virtual clients on {n} worker actor(s); base model {model_dir.name}")
-    pool = Pool(ray, n, spec, dump(s), str(model_dir), data, str(run_dir), resume)
-    return pop, profile, data, pool, n
+    with ThreadPoolExecutor(1, thread_name_prefix="fedsim-prepare") as ex:
+        prepared = ex.submit(_driver_side, s, quiet, marks)
+        try:
+            ray = init_ray(spec)
+            marks["ray_ready"] = time.time()
+        finally:
+            prepared.exception()  # let the preparation finish (or fail) before anything else happens
+        return (spec, ray, *prepared.result())
 
 
-def _open(scenario, overrides, out, overwrite: bool, resume: str | Path | None):
-    """(scenario, run dir, checkpoint state or None, checkpoint versions or None) for a new or resumed run."""
-    if resume is None:
-        s = scenario if isinstance(scenario, Scenario) else load(scenario, overrides)
-        return s, open_run_dir(out, s, overwrite), None, None
-    run_dir = Path(resume)
-    s = load(run_dir / "config.yaml", overrides)
-    state, versions = checkpoint.latest(run_dir)
-    checkpoint.truncate_ledger(run_dir, state["round"])
-    return s, run_dir, state, versions
+def _driver_side(s: Scenario, quiet: bool, marks: dict[str, float]):
+    """Console, base model directory, the trained model's shape (checks its target modules), data,
+    population, costs, schedule; and the modules the run needs later."""
+    from fedsim.costs.profile import scenario_costs
+    from fedsim.data.prepare import prepare_data
+    from fedsim.metrics.console import RunConsole
+    from fedsim.models.base import ensure_base_model
+    from fedsim.models.shapes import model_shape
+    from fedsim.runtime import pool  # noqa: F401 - imported here, off the critical path
+    from fedsim.schedules import make_schedule
+
+    con = RunConsole(quiet)
+    model_dir = str(ensure_base_model(s.model, log=con.log))
+    if not Path(model_dir).is_dir():
+        raise ConfigError("model.name", f"{model_dir} is a config file; train mode needs a model directory "
+                                        "(config.json, weights, tokenizer); use it as model.cost_as instead")
+    model_shape(model_dir, s.peft)  # on the meta device, cached: the trained model has the target modules
+    data = prepare_data(s, model_dir, con.log)
+    _, pop, profile = scenario_costs(s, model_dir)
+    schedule = make_schedule(s, pop, profile)
+    marks["prepared"] = time.time()
+    return con, model_dir, data, pop, profile, schedule
 
 
 def run(
@@ -67,66 +101,147 @@ def run(
     quiet: bool = False,
     resume: str | Path | None = None,
     stop_after: int | None = None,
+    report: str = "inline",
 ) -> RunResult:
     """Run a scenario in train mode and write its run directory (see README: outputs).
 
     `resume`: continue the run directory from its newest checkpoint (bit for bit: same rows, same adapter as an
-    uninterrupted run). `stop_after`: stop (with a checkpoint) after that round, to resume later.
+    uninterrupted run). `stop_after`: stop (with a checkpoint) after that round, to resume later. `report`:
+    "inline" writes report.html before returning, "background" hands it to a detached process (the CLI's
+    default: the user is not held up), "off" skips it (`fedsim report` writes it any time).
     """
     t0 = time.perf_counter()
-    s, run_dir, state, versions = _open(scenario, overrides, out, overwrite, resume)
-    con = RunConsole(quiet)
-    pop, profile, data, pool, n_workers = _setup(s, run_dir, con, (versions, state["rows"]) if state else None)
-    schedule = make_schedule(s, pop, profile)
+    timing = {"process_start": process_start_time(), "run_called": time.time()}
+    s = _scenario(scenario, overrides, resume)
+    spec, ray, con, model_dir, data, pop, profile, schedule = _prepare(s, quiet, timing)
+    from fedsim.client_round import ClientTask
+    from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
+    from fedsim.rundir import RunResult, open_run_dir, write_summary
+    from fedsim.runtime import checkpoint
+    from fedsim.runtime.cluster import pool_size
+    from fedsim.runtime.pool import Pool, WorkerLost
+
+    if resume is None:
+        run_dir, state, versions, rows = open_run_dir(out, s, overwrite), None, None, []
+    else:
+        run_dir = Path(resume)
+        state, versions = checkpoint.latest(run_dir)
+        rows = checkpoint.truncate_ledger(run_dir, state["round"])
+    n = pool_size(ray, spec, s.runtime)
+    con.log(f"{s.population.num_clients:,} virtual clients on {n} worker actor(s); base model {Path(model_dir).name}")
+    pool = Pool(ray, n, spec, dump(s), model_dir, data.spec, str(run_dir), (versions, rows) if state else None)
+    timing["pool_started"] = time.time()
     try:
         if state:
             schedule.restore(state["schedule"])
-            initial_eval, rows, totals = state["initial_eval"], state["rows"], state["totals"]
+            initial, totals = state["initial"], state["totals"]
         else:
-            initial_eval, rows, totals = pool.evaluate(), [], DeviceTotals(pop.device_names)
-        startup_s = time.perf_counter() - t0
+            # the initial evaluation and digest run while round 1 is planned; resolved after it (`_resolved`)
+            initial = {"eval": pool.evaluate_async(), "sha": pool.digest_async(), "pending": True}
+            totals = DeviceTotals(pop.device_names)
         last = min(s.server.rounds, stop_after or s.server.rounds)
         con.start(s.server.rounds, done=len(rows))
         for rnd in range(len(rows) + 1, last + 1):
             t_round = time.perf_counter()
+            before = (copy.deepcopy(schedule.state()), dict(pool.versions), copy.deepcopy(totals))
             plan = schedule.next_round(rnd)
-            tasks = [(int(c), data.client_rows(c), float(data.sizes[c] * w), int(v))
-                     for c, v, w in zip(plan.to_train, plan.train_versions, plan.train_weights)]
-            stats = pool.train_round(rnd, tasks, keep_versions_from=schedule.min_live_version())
+            tasks = [ClientTask(int(c), rnd, int(d), int(v), data.client_rows(int(c)))
+                     for c, d, v in zip(plan.to_train, plan.train_dispatch, plan.train_versions)]
+            timing.setdefault("first_dispatch", time.time())
+            try:
+                stats = pool.train_round(rnd, tasks, [float(w) for w in plan.train_weights],
+                                         schedule.min_live_version())
+            except WorkerLost as lost:
+                raise _abort(run_dir, pool, rnd, before, initial, lost) from None
+            timing.setdefault("first_round", time.time())
+            initial = _resolved(pool, initial)
             due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
             eval_loss = pool.evaluate() if due else None
             row = round_row(plan, stats, eval_loss, time.perf_counter() - t_round, profile)
-            pool.record(row, client_columns(plan, pop, data.sizes, stats["client_losses"], profile.quantizations))
+            pool.record(row, client_columns(plan, pop, data.sizes, stats["results"], profile.quantizations))
             rows.append(row)
             totals.add(device_columns(plan, pop))
             con.update(row)
             if rnd == last or (s.runtime.checkpoint_every and rnd % s.runtime.checkpoint_every == 0):
                 pool.flush()
-                checkpoint.save(run_dir, rnd, {"schedule": schedule.state(), "rows": rows, "totals": totals,
-                                               "initial_eval": initial_eval}, pool.version_states())
+                checkpoint.save(run_dir, rnd, {"schedule": schedule.state(), "totals": totals, "initial": initial},
+                                pool.version_states())
+        timing["last_round"] = time.time()
         _write_adapter(run_dir / "adapter", pool.export_adapter())
-    finally:
+    except ConfigError:
         pool.close()
-    summary = summarize(rows, initial_eval, {
+        if resume is None:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a worker could not load: nothing half-written stays
+        raise
+    except BaseException:
+        pool.close()
+        raise
+    pool.close()
+    summary = summarize(rows, initial["eval"], {
         "mode": "train",
         "complete": len(rows) == s.server.rounds,
         "wall_time_s": time.perf_counter() - t0,
-        "startup_s": startup_s,
-        "num_workers": n_workers,
+        # process start -> first round dispatched (tasks queue on actors that may still be loading)
+        "startup_s": timing["first_dispatch"] - timing["process_start"] if "first_dispatch" in timing else None,
+        "timeline": timing,  # epoch seconds: process start, run() called, first dispatch / round, last round
+        "num_workers": n,
+        "initial_global_sha": initial["sha"],
         **profile.facts(),
         "per_device": totals.table(pop, profile),
     }, target=s.server.target_loss)
-    budget_figure(run_dir, rows, summary["per_device"])
     write_summary(run_dir, summary)
-    from fedsim.report import write_report
-
-    write_report(run_dir)
+    start_report(run_dir, report)
     con.finish(summary, str(run_dir))
     return RunResult(summary, rows, run_dir)
 
 
+def _resolved(pool, initial: dict) -> dict:
+    """The initial evaluation and global digest as values (they are object references until round 1 ends)."""
+    if not initial.get("pending"):
+        return initial
+    return {"eval": pool.get(initial["eval"]), "sha": pool.get(initial["sha"])}
+
+
+def _abort(run_dir: Path, pool, rnd: int, before: tuple, initial: dict, lost: Exception) -> RunAborted:
+    """Checkpoint the state before round `rnd` (it lost an update) and say how to continue."""
+    from fedsim.runtime import checkpoint
+
+    schedule_state, versions, totals = before
+    try:
+        pool.flush()
+        initial = _resolved(pool, initial)
+        checkpoint.save(run_dir, rnd - 1, {"schedule": schedule_state, "totals": totals, "initial": initial},
+                        pool.version_states(versions))
+        where = f"round {rnd - 1}"
+    except Exception:  # noqa: BLE001 - the aggregator itself is gone: the newest regular checkpoint stands
+        found = sorted((run_dir / "checkpoints").glob("round_*"))
+        where = f"{found[-1].name.replace('_', ' ')}" if found else None
+    if where is None:
+        return RunAborted(f"{lost}; no checkpoint could be written: rerun the scenario")
+    return RunAborted(f"{lost}; nothing of round {rnd} was applied. Continue from the checkpoint of {where}: "
+                      f"fedsim run --resume {run_dir}")
+
+
+def start_report(run_dir: Path, mode: str) -> None:
+    """report.html (and budget.png) now ("inline"), by a detached process ("background": the run's process
+    exits at once, the page appears seconds later; its output goes to report.log), or not at all ("off")."""
+    if mode == "inline":
+        from fedsim.report import write_report
+
+        write_report(run_dir)
+    elif mode == "background":
+        import subprocess
+        import sys
+
+        with open(run_dir / "report.log", "wb") as log:
+            subprocess.Popen([sys.executable, "-m", "fedsim", "report", str(run_dir)], stdout=log, stderr=log,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+
+
 def _write_adapter(path: Path, files: dict[str, bytes]) -> None:
+    from fedsim.atomic import atomic_write_bytes
+
     path.mkdir(parents=True, exist_ok=True)
-    for name, blob in files.items():
+    for name, blob in sorted(files.items()):
         (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (path / name).write_bytes(blob)
+        atomic_write_bytes(path / name, blob)

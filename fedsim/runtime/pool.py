@@ -2,90 +2,140 @@
 
 At most `max_inflight_per_worker` tasks wait on each actor and no task is dispatched more than that window
 ahead of the oldest unfinished one, so the aggregator's reorder buffer stays O(workers), not O(cohort).
-Finished results go to the aggregator as object references: the driver never copies an adapter.
+A task returns two object references: its small statistics (read by the driver, which is how a lost task is
+noticed at once) and its update, handed to the aggregator as a reference: the driver never copies an adapter.
+Nothing here waits for the actors to finish loading: tasks queue on them while they import and load.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
+from fedsim.client_round import ClientTask
+from fedsim.errors import ConfigError
 from fedsim.runtime.aggregator import Aggregator
 from fedsim.runtime.cluster import worker_env
 from fedsim.runtime.worker import Worker
 from fedsim.scenario.schema import ClusterSpec
 
 
+class WorkerLost(RuntimeError):
+    """A worker actor died (or its task failed) while training a client: that update is lost."""
+
+    def __init__(self, task: ClientTask, reason: str):
+        self.task = task
+        super().__init__(f"a worker actor was lost while training client {task.client} of round {task.round} "
+                         f"({reason})")
+
+
+def _cause(exc: BaseException) -> BaseException:
+    return getattr(exc, "cause", None) or exc
+
+
 class Pool:
     """N worker actors plus the aggregator actor of one run."""
 
-    def __init__(self, ray, n: int, spec: ClusterSpec, scenario: dict, model_dir: str, data, run_dir: str,
+    def __init__(self, ray, n: int, spec: ClusterSpec, scenario: dict, model_dir: str, data_spec, run_dir: str,
                  resume: tuple[dict[int, dict], list[dict]] | None = None):
-        """Start the actors; with `resume` = (global versions, kept round rows) continue from a checkpoint."""
+        """Start the actors (without waiting for them); with `resume` = (global versions, kept round rows)
+        continue from a checkpoint."""
         self.ray = ray
-        env = {"env_vars": worker_env()}
+        # A local Ray started by this process gives its workers our environment; a remote cluster needs it sent.
+        env = {"runtime_env": {"env_vars": worker_env()}} if spec.address else {}
         res = spec.worker
-        actor = ray.remote(Worker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, runtime_env=env)
-        self.workers = [actor.remote(scenario, model_dir, data.train_path, data.eval_path) for _ in range(n)]
+        actor = ray.remote(Worker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=0, **env)
+        self.workers = [actor.remote(scenario, model_dir, data_spec) for _ in range(n)]
         self.window = n * scenario["runtime"]["max_inflight_per_worker"]
         versions = resume[0] if resume else {0: self.workers[0].initial_state.remote()}
-        init = versions[max(versions)]
         here = ray.get_runtime_context().get_node_id()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         # The aggregator writes the run directory, so it lives on the driver's node; it needs no CPU of its own.
         self.aggregator = (
             ray.remote(Aggregator)
-            .options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False), runtime_env=env)
-            .remote(run_dir, init, scenario["server"]["server_lr"], resume[1] if resume else None)
+            .options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False), **env)
+            .remote(run_dir, versions[max(versions)], scenario["server"]["server_lr"], resume[1] if resume else None)
         )
         self.global_ref = self.aggregator.current.remote()
         # global versions still referenced by clients in flight
         self.versions = {v: ray.put(state) for v, state in versions.items()} if resume else {0: self.global_ref}
         self.versions[max(self.versions)] = self.global_ref
-        ray.get([w.pid.remote() for w in self.workers])  # wait until every model is loaded
 
-    def train_round(self, rnd: int, tasks: list[tuple[int, np.ndarray, float, int]],
+    def get(self, ref) -> Any:
+        """ray.get, with a worker's one-line load error raised as the ConfigError it is."""
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:
+            cause = _cause(exc)
+            if isinstance(cause, ConfigError):
+                raise ConfigError(cause.path, str(cause).removeprefix(f"{cause.path}: ")) from None
+            raise
+
+    def check_ready(self) -> None:
+        """Raise the first worker's load error (bad model directory, unknown target module) as a ConfigError."""
+        for err in self.ray.get([w.ready.remote() for w in self.workers]):
+            if err:
+                raise ConfigError(*err)
+
+    def train_round(self, rnd: int, tasks: list[ClientTask], weights: list[float],
                     keep_versions_from: int) -> dict[str, Any]:
-        """Train `tasks` [(client, rows, weight, version)] in arrival order, each from the global version it was
-        dispatched with; aggregate into version `rnd`; forget versions older than `keep_versions_from`."""
+        """Train `tasks` in arrival order, each from the global version it was dispatched with, fold them with
+        `weights` (staleness discounts); aggregate into version `rnd`; forget versions older than
+        `keep_versions_from`. Raises WorkerLost if any task's result is lost."""
         ray, agg = self.ray, self.aggregator
         agg.begin.remote(rnd)
         load = [0] * len(self.workers)
-        pending: dict[Any, tuple[int, int]] = {}
+        pending: dict[Any, tuple[int, int, Any]] = {}
         unfinished: set[int] = set()
         nxt = 0
         while nxt < len(tasks) or pending:
             while nxt < len(tasks) and len(pending) < self.window and nxt < min(unfinished, default=nxt) + self.window:
                 w = load.index(min(load))
-                client, rows, weight, version = tasks[nxt]
-                ref = self.workers[w].train.remote(rnd, client, rows, weight, self.versions[version])
-                pending[ref], load[w] = (nxt, w), load[w] + 1
+                stats, update = self.workers[w].train.options(num_returns=2).remote(
+                    tasks[nxt], self.versions[tasks[nxt].version])
+                pending[stats], load[w] = (nxt, w, update), load[w] + 1
                 unfinished.add(nxt)
                 nxt += 1
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                seq, w = pending.pop(ref)
+                seq, w, update = pending.pop(ref)
+                try:
+                    result = self.get(ref)
+                except ConfigError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - actor died, worker crashed, object lost
+                    raise WorkerLost(tasks[seq], type(_cause(exc)).__name__) from None
                 load[w] -= 1
                 unfinished.discard(seq)
-                agg.put.remote(seq, ref)
+                agg.put.remote(seq, weights[seq], 1.0, result, update)
         self.global_ref, stats_ref = agg.finish.options(num_returns=2).remote()
         self.versions[rnd] = self.global_ref
         self.versions = {v: ref for v, ref in self.versions.items() if v >= keep_versions_from or v == rnd}
-        return ray.get(stats_ref)
+        stats = self.ray.get(stats_ref)
+        if stats["received"] != len(tasks):  # defensive: every dispatched update must be accounted for
+            raise WorkerLost(tasks[-1], f"{len(tasks) - stats['received']} update(s) never reached the aggregator")
+        return stats
 
-    def version_states(self) -> dict[int, dict[str, np.ndarray]]:
-        """The global versions still referenced, as arrays (for a checkpoint)."""
-        return dict(zip(self.versions, self.ray.get(list(self.versions.values()))))
+    def version_states(self, versions: dict[int, Any] | None = None) -> dict[int, dict]:
+        """The global versions still referenced (or those of `versions`), as arrays (for a checkpoint)."""
+        refs = self.versions if versions is None else versions
+        return dict(zip(refs, self.ray.get(list(refs.values()))))
+
+    def evaluate_async(self):
+        """Reference to the eval loss of the current global adapter (computed on the first worker)."""
+        return self.workers[0].evaluate.remote(self.global_ref)
 
     def evaluate(self) -> float:
-        """Eval loss of the current global adapter (on the first worker)."""
-        return self.ray.get(self.workers[0].evaluate.remote(self.global_ref))
+        """Eval loss of the current global adapter."""
+        return self.get(self.evaluate_async())
+
+    def digest_async(self):
+        """Reference to the digest of the global adapter now (asked before round 1: the initial version)."""
+        return self.aggregator.digest.remote()
 
     def export_adapter(self) -> dict[str, bytes]:
         """peft `save_pretrained` files of the current global adapter."""
-        return self.ray.get(self.workers[0].export_adapter.remote(self.global_ref))
+        return self.get(self.workers[0].export_adapter.remote(self.global_ref))
 
     def record(self, round_row: dict, client_cols: dict) -> None:
         """Hand a closed round to the aggregator's ledger (asynchronous)."""
@@ -97,6 +147,8 @@ class Pool:
 
     def close(self) -> None:
         """Close the ledger and stop the actors."""
-        self.ray.get(self.aggregator.close.remote())
-        for actor in [*self.workers, self.aggregator]:
-            self.ray.kill(actor)
+        try:
+            self.ray.get(self.aggregator.close.remote())
+        finally:
+            for actor in [*self.workers, self.aggregator]:
+                self.ray.kill(actor)

@@ -1,74 +1,117 @@
 """The worker actor: one base model per process, one LoRA adapter swapped in per client task.
 
-Holds caches only (model, memory-mapped data); all client state comes in with the task and leaves with the
-result, so any worker can train any client and a restarted worker loses nothing.
+Holds caches only (model, tokenizer, the memory-mapped data); a task carries its client's row ids and the
+global version to train from, so any worker can train any client and a restarted worker loses nothing. Only
+the rows of the client being trained exist in memory.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from fedsim.client_round import ClientResult, ClientTask, state_digest
+from fedsim.errors import ConfigError
 from fedsim.scenario.schema import Scenario
 
 
-class Worker:
-    """Trains virtual clients one after another on a shared base model (wrapped by `ray.remote`)."""
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
-    def __init__(self, scenario: dict, model_dir: str, train_path: str, eval_path: str):
+
+class Worker:
+    """Trains virtual clients one after another on a shared base model (wrapped by `ray.remote`).
+
+    A failure while loading (a bad model directory, a target module the model does not have) is kept and
+    reported by `ready()` as one line, instead of killing the actor with a traceback.
+    """
+
+    def __init__(self, scenario: dict, model_dir: str, data_spec):
+        self.error: tuple[str, str] | None = None  # (key path, message)
+        try:
+            self._load(scenario, model_dir, data_spec)
+        except ConfigError as exc:
+            self.error = (exc.path, str(exc).removeprefix(f"{exc.path}: "))
+        except Exception as exc:  # noqa: BLE001 - reported to the driver as one line
+            self.error = ("model.name", f"cannot load {model_dir} for training: {_one_line(exc)}")
+
+    def _load(self, scenario: dict, model_dir: str, data_spec) -> None:
         from fedsim.logs import quiet_libraries
 
         quiet_libraries()
-        import datasets
         import torch
 
+        from fedsim.data.reader import DataReader
         from fedsim.models.local import load_local_model
         from fedsim.scenario.load import load
 
         self.s: Scenario = load(scenario)
         torch.set_num_threads(self.s.runtime.threads_per_worker)
-        self.lm = load_local_model(
-            model_dir, self.s.peft, self.s.runtime.train_dtype, self.s.training.gradient_checkpointing
-        )
-        train = datasets.load_from_disk(train_path).with_format("numpy")[:]
-        evals = datasets.load_from_disk(eval_path).with_format("numpy")[:]
-        self.train_ids, self.train_labels = train["input_ids"].astype(np.int32), train["labels"].astype(np.int32)
-        self.eval_ids, self.eval_labels = evals["input_ids"].astype(np.int32), evals["labels"].astype(np.int32)
+        try:
+            self.lm = load_local_model(
+                model_dir, self.s.peft, self.s.runtime.train_dtype, self.s.training.gradient_checkpointing
+            )
+        except ValueError as exc:
+            if "target module" in str(exc).lower() or "target_modules" in str(exc):
+                raise ConfigError("peft.target_modules", _one_line(exc)) from None
+            raise
+        self.data = DataReader(data_spec)
+        self._eval: tuple[np.ndarray, np.ndarray] | None = None
+
+    def ready(self) -> tuple[str, str] | None:
+        """None once the model and data are loaded; else (key path, message) of the error that stopped it."""
+        return self.error
+
+    def _check(self) -> None:
+        if self.error:
+            raise ConfigError(*self.error)
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """The adapter as peft initialised it (identical on every worker: seeded)."""
+        self._check()
         return self.lm.get_state()
 
-    def train(self, rnd: int, client: int, rows: np.ndarray, weight: float, global_state: dict) -> tuple:
-        """Train one client from `global_state`; returns (aggregation weight, mean loss, delta as the server
-        decodes it). The weight is its number of samples times any staleness discount."""
+    def train(self, task: ClientTask, global_state: dict) -> tuple[ClientResult, dict[str, np.ndarray]]:
+        """Train one client from `global_state` (the version it was dispatched with); returns its statistics
+        and its update as the server decodes it (called with num_returns=2: two object references)."""
         from fedsim.costs.compression import cast, compress
         from fedsim.models.local import train_client
 
+        self._check()
         c = self.s.costs  # the client trains from the global as received and the server decodes what it sent
+        ids, labels, dropped = self.data.client(task.client, task.rows)
+        trained_from = state_digest(global_state)
+        if len(ids) == 0:
+            return ClientResult(task.client, task.dispatch, 0, math.nan, trained_from, False, dropped), {}
         received = {k: cast(v, c.transmit_dtype) for k, v in global_state.items()}
-        delta, loss = train_client(
-            self.lm, received, self.train_ids, self.train_labels, rows, self.s.training, self.s.seed, rnd, client
-        )
+        delta, loss = train_client(self.lm, received, ids, labels, self.s.training, self.s.seed, task.dispatch,
+                                   task.client)
+        finite = math.isfinite(loss) and all(np.isfinite(v).all() for v in delta.values())
         sent = {k: compress(v, c.transmit_dtype, c.upload_compression, c.topk_fraction) for k, v in delta.items()}
-        return float(weight), loss, sent
+        return ClientResult(task.client, task.dispatch, len(ids), loss, trained_from, finite, dropped), sent
 
     def evaluate(self, global_state: dict) -> float:
         """Eval loss of the global adapter on the held-out set."""
         from fedsim.models.local import evaluate
 
-        return evaluate(self.lm, global_state, self.eval_ids, self.eval_labels)
+        self._check()
+        if self._eval is None:
+            self._eval = self.data.eval_set()
+        return evaluate(self.lm, global_state, *self._eval)
 
     def export_adapter(self, global_state: dict) -> dict[str, bytes]:
         """The global adapter as files written by peft's `save_pretrained` (returned as bytes: works across nodes)."""
+        self._check()
         self.lm.set_state(global_state)
         with tempfile.TemporaryDirectory() as tmp:
             self.lm.model.save_pretrained(tmp)
             return {str(p.relative_to(tmp)): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
 
     def pid(self) -> int:
-        """Process id (tests use it to check that clients are multiplexed on few processes)."""
+        """Process id (tests use it to check that clients are multiplexed on few processes, or to kill one)."""
         return os.getpid()

@@ -68,7 +68,9 @@ class DataConfig:
     prompt_field: str = "prompt"
     response_field: str = "response"
     label_field: str = "task"  # the column a Dirichlet partition skews over
-    partition: Literal["iid", "dirichlet"] = "dirichlet"
+    user_field: str = "user"  # partition "natural": one client per distinct value of this column
+    # iid | dirichlet (Hsu et al. 2019: label shares ~ Dir(alpha x label prior)) | natural (one client per user)
+    partition: Literal["iid", "dirichlet", "natural"] = "dirichlet"
     dirichlet_alpha: PosFloat = 0.5
     samples_per_client: SamplesPerClient = Field(default_factory=SamplesPerClient)
     eval_samples: PosInt = 256
@@ -118,7 +120,9 @@ class DiurnalConfig:
 class PopulationConfig:
     """Virtual clients as data: mixtures over the catalog's device and network classes."""
 
-    num_clients: PosInt = 1000
+    # Upper bound: beyond any real federation, and keeps every per-client count and byte total far inside int64;
+    # whether this machine can hold the population's arrays is checked at load (`check_population_memory`).
+    num_clients: Annotated[int, Field(gt=0, le=10**12)] = 1000
     devices: dict[str, NonNegFloat] = Field(
         default_factory=lambda: {"phone-budget": 0.3, "phone-flagship": 0.3, "laptop": 0.3, "gpu-workstation": 0.1}
     )

@@ -18,29 +18,38 @@ Tensors = dict[str, np.ndarray]
 
 
 class WeightedMean:
-    """Running sum_i w_i * x_i and sum_i w_i over dicts of arrays, accumulated in float64."""
+    """Running sum_i w_i * x_i over dicts of arrays (float64) and the normaliser sum_i m_i.
+
+    `mean()` is sum_i w_i x_i / sum_i m_i. FedAvg uses m_i = w_i = n_i (samples). FedBuff (Nguyen et al. 2022,
+    Algorithm 1) discounts a stale update by s(tau_i) *without* renormalising the discount away:
+    w_i = n_i * s(tau_i), m_i = n_i, so with equal n_i the step is (1/K) sum_i s(tau_i) x_i, the paper's
+    server update, and a buffer of stale updates takes a smaller step than a fresh one.
+    """
 
     def __init__(self) -> None:
         self.total: Tensors | None = None
         self.weight = 0.0
+        self.norm = 0.0
         self.count = 0
 
-    def add(self, weight: float, tensors: Tensors) -> None:
-        """Fold one client's tensors in with weight `weight` (e.g. its number of samples)."""
-        if weight <= 0:
-            raise ValueError("weight must be positive")
+    def add(self, weight: float, tensors: Tensors, norm: float | None = None) -> None:
+        """Fold one client's tensors in with weight `weight` and normaliser `norm` (default: the weight)."""
+        norm = weight if norm is None else norm
+        if weight <= 0 or norm <= 0:
+            raise ValueError("weight and norm must be positive")
         if self.total is None:
             self.total = {k: np.zeros(v.shape, np.float64) for k, v in tensors.items()}
         for k, v in tensors.items():
             self.total[k] += weight * v.astype(np.float64)
         self.weight += weight
+        self.norm += norm
         self.count += 1
 
     def mean(self) -> Tensors | None:
-        """sum w_i x_i / sum w_i, or None if nothing was added."""
+        """sum w_i x_i / sum m_i, or None if nothing was added."""
         if self.total is None:
             return None
-        return {k: v / self.weight for k, v in self.total.items()}
+        return {k: v / self.norm for k, v in self.total.items()}
 
 
 class OrderedFold:

@@ -21,6 +21,7 @@ TINY = {
 }
 ASYNC = {"server.schedule": "async", "server.async": {"concurrency": 8, "buffer_size": 3, "max_staleness": 2},
          "server.rounds": 6, "server.eval_every": 3}
+MILLION = {"population.num_clients": 1_000_000, "server.rounds": 2, "server.eval_every": 0}
 TOPK = {"costs.upload_compression": "topk", "costs.topk_fraction": 0.25, "costs.transmit_dtype": "float16"}
 ROUND_KEYS = {"round", "sim_time_s", "duration_s", "selected", "completed", "dropped", "late", "ineligible",
               "bytes_up", "bytes_down", "energy_j", "train_loss", "eval_loss"}
@@ -43,24 +44,68 @@ def runs(tmp_path_factory):
         out["stopped"] = stop.summary
         out["resumed"] = fedsim.run(resume=stop.run_dir, quiet=True)
         for name, workers, over in (("async1", 1, ASYNC), ("async2", 2, ASYNC), ("topk", 2, TOPK),
-                                    ("local", 2, _local_model_and_file(tmp_path_factory.mktemp("data")))):
+                                    ("local", 2, _local_model_and_file(tmp_path_factory.mktemp("data"))),
+                                    ("million", 2, MILLION)):
             out[name] = fedsim.run(TINY, {"runtime.num_workers": workers, **over},
                                    out=tmp_path_factory.mktemp(name) / "run", quiet=True)
+        out["killed"], out["after_kill"] = _kill_a_worker_then_resume(tmp_path_factory.mktemp("killed") / "run")
     finally:
         ray.shutdown()
     return out
 
 
+def _kill_a_worker_then_resume(run_dir):
+    """The async run with 2 workers, one worker process SIGKILLed while it trains a client: the run must stop
+    with RunAborted (never finish with an update silently missing), leave a checkpoint, and resume from it
+    (also across a torn rounds.jsonl line and a torn client-row part left by the crash)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from fedsim.errors import RunAborted
+
+    killed = []
+
+    def killer():
+        deadline = time.time() + 120
+        while not killed and time.time() < deadline:
+            rounds = run_dir / "rounds.jsonl"
+            if rounds.is_file() and rounds.read_text().count("\n") >= 1:
+                for proc in psutil.process_iter(["pid", "cmdline"]):
+                    if "ray::Worker.train" in " ".join(proc.info["cmdline"] or []):
+                        os.kill(proc.info["pid"], signal.SIGKILL)
+                        killed.append(proc.info["pid"])
+                        return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    with pytest.raises(RunAborted) as aborted:
+        fedsim.run(TINY, {"runtime.num_workers": 2, **ASYNC}, out=run_dir, quiet=True)
+    thread.join()
+    with open(run_dir / "rounds.jsonl", "a") as f:
+        f.write('{"round": 99, "sim_time')  # a line torn by the crash
+    parts = run_dir / ".clients_parts"  # (the aborted run closed its ledger: the crash left this part)
+    parts.mkdir(exist_ok=True)
+    (parts / "r000099-000099.parquet").write_bytes(b"PAR1 torn")
+    return {"message": str(aborted.value), "killed": killed}, fedsim.run(resume=run_dir, quiet=True)
+
+
 def _local_model_and_file(folder):
-    """Overrides that use a local HF model directory and a local jsonl dataset with its own field names."""
+    """Overrides that use a local HF model directory and a local jsonl dataset with its own field names; some
+    prompts fill seq_len (no response token left): they are dropped, not trained to a NaN."""
     from fedsim.data.synthetic import FAMILIES, generate
     from fedsim.models.base import ensure_base_model
     from fedsim.scenario import load
 
     data = generate({f: 150 for f in FAMILIES[:4]}, seed=9, name="file")
     path = folder / "instructions.jsonl"
-    path.write_text("".join(json.dumps({"question": q, "answer": a, "family": t}) + "\n"
-                            for q, a, t in zip(data["prompt"], data["response"], data["task"])))
+    rows = [{"question": q, "answer": a, "family": t} for q, a, t in zip(data["prompt"], data["response"], data["task"])]
+    rows += [{"question": "Please " * 60 + "add 1 and 2.", "answer": "3", "family": "add"}] * 40
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"model.name": str(ensure_base_model(load(TINY).model)), "data.source": str(path),
             "data.prompt_field": "question", "data.response_field": "answer", "data.label_field": "family",
             "data.eval_samples": 48}
@@ -149,12 +194,12 @@ def test_model_learns_and_adapter_loads_with_peft(runs):
 
 def test_estimate_mode_books_exactly_the_costs_train_mode_booked(runs, tmp_path):
     est = fedsim.estimate(TINY, out=tmp_path / "est")
-    skip = {"train_loss", "eval_loss", "wall_s", "aggregated"}
+    skip = {"train_loss", "eval_loss", "wall_s", "aggregated", "global_sha"}
     for trained, estimated in zip(_rounds(runs[1]), _rounds(est)):
         assert {k: v for k, v in trained.items() if k not in skip} == {k: v for k, v in estimated.items() if k not in skip}
         assert estimated["train_loss"] is None and estimated["eval_loss"] is None
-    a = pd.read_parquet(runs[1].run_dir / "clients.parquet").drop(columns=["trained", "train_loss"])
-    b = pd.read_parquet(est.run_dir / "clients.parquet").drop(columns=["trained", "train_loss"])
+    a = pd.read_parquet(runs[1].run_dir / "clients.parquet").drop(columns=["trained", "train_loss", "trained_from", "quarantined"])
+    b = pd.read_parquet(est.run_dir / "clients.parquet").drop(columns=["trained", "train_loss", "trained_from", "quarantined"])
     pd.testing.assert_frame_equal(a, b)
     assert est.summary["clients_trained"] == 0 and est.summary["completed_total"] == runs[1].summary["clients_trained"]
 
@@ -221,7 +266,7 @@ def test_report_and_compare_pages_are_self_contained(runs, tmp_path):
 
 def test_estimate_async_books_what_train_async_booked(runs, tmp_path):
     est = fedsim.estimate(TINY, ASYNC, out=tmp_path / "est-async")
-    skip = {"train_loss", "eval_loss", "wall_s", "aggregated"}
+    skip = {"train_loss", "eval_loss", "wall_s", "aggregated", "global_sha"}
     for trained, estimated in zip(_rounds(runs["async1"]), _rounds(est)):
         assert {k: v for k, v in trained.items() if k not in skip} == {k: v for k, v in estimated.items() if k not in skip}
 
@@ -251,3 +296,55 @@ def test_stop_and_resume_continues_bit_for_bit(runs):
         (straight.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     assert sorted(p.name for p in (resumed.run_dir / "checkpoints").iterdir()) == ["round_00004", "round_00006"]
     assert not (resumed.run_dir / ".clients_parts").exists()
+
+
+def _version_digests(res):
+    return {0: res.summary["initial_global_sha"], **{r["round"]: r["global_sha"] for r in _rounds(res)}}
+
+
+def test_each_client_trains_from_exactly_the_version_it_was_dispatched_with(runs):
+    """The worker hashes the global state it trained from; it must be the digest of version v (the aggregator
+    hashes every version it makes), v the version the schedule dispatched the client with."""
+    for name in (2, "async2", "resumed"):
+        res = runs[name]
+        digests = _version_digests(res)
+        clients = pd.read_parquet(res.run_dir / "clients.parquet")
+        trained = clients[clients.trained]
+        assert trained.trained_from.notna().all() and clients.loc[~clients.trained, "trained_from"].isna().all()
+        assert (trained.trained_from == trained.version.map(digests)).all(), name
+    async_versions = pd.read_parquet(runs["async2"].run_dir / "clients.parquet").query("trained")
+    assert (async_versions.groupby("round").version.nunique() > 1).any()  # stale and fresh in one step
+
+
+def test_a_million_clients_in_train_mode(runs):
+    res = runs["million"]
+    clients = pd.read_parquet(res.run_dir / "clients.parquet")
+    assert res.summary["rounds"] == 2 and clients.client_id.max() > 100_000
+    assert res.summary["clients_trained"] > 0 and res.summary["final_eval_loss"] < res.summary["initial_eval_loss"]
+    assert res.summary["per_device"]["laptop"]["population"] > 200_000
+
+
+def test_a_lost_worker_stops_the_run_with_a_checkpoint_and_resume_matches(runs):
+    """kill -9 of a worker mid-round: one clear error naming the checkpoint; resuming (over a torn ledger)
+    gives exactly the uninterrupted run."""
+    killed = runs["killed"]
+    assert killed["killed"], "no worker process was caught training"
+    msg = killed["message"]
+    assert "worker actor was lost while training client" in msg and "fedsim run --resume" in msg and "\n" not in msg
+    resumed, straight = runs["after_kill"], runs["async2"]
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+    assert strip(_rounds(resumed)) == strip(_rounds(straight))
+    pd.testing.assert_frame_equal(pd.read_parquet(resumed.run_dir / "clients.parquet"),
+                                  pd.read_parquet(straight.run_dir / "clients.parquet"))
+    assert (resumed.run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (straight.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_resume_refuses_overrides(runs):
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--resume"):
+        fedsim.run(resume=runs["resumed"].run_dir, overrides={"server.rounds": 9})

@@ -54,3 +54,20 @@ def test_ordered_fold_buffers_only_what_is_out_of_order():
     assert seen == ["a", "b", "c"]
     with pytest.raises(ValueError):
         fold.put(1, "again")
+
+
+def test_non_finite_updates_are_quarantined_not_folded(tmp_path):
+    """One NaN update must not reach the global adapter: it is counted per round and skipped."""
+    from fedsim.client_round import ClientResult, state_digest
+    from fedsim.runtime.aggregator import Aggregator
+
+    g = {"w": np.zeros(2, np.float32)}
+    agg = Aggregator(str(tmp_path), g, server_lr=1.0)
+    agg.begin(1)
+    agg.put(1, 1.0, 1.0, ClientResult(5, 1, 4, float("nan"), "x", False), {"w": np.full(2, np.nan, np.float32)})
+    agg.put(0, 1.0, 1.0, ClientResult(4, 1, 4, 0.5, "x", True), {"w": np.array([1.0, 2.0], np.float32)})
+    new, stats = agg.finish()
+    np.testing.assert_array_equal(new["w"], [1.0, 2.0])
+    assert stats["quarantined"] == 1 and stats["aggregated"] == 1 and stats["train_loss"] == 0.5
+    assert stats["global_sha"] == state_digest(new) != state_digest(g)
+    agg.close()
