@@ -33,5 +33,5 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={"dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100"]},
-    entry_points={"console_scripts": ["fedsim=fedsim.cli:main"]},
+    entry_points={"console_scripts": ["fedsim=fedsim.cli:entry"]},
 )

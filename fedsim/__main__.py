@@ -2,6 +2,6 @@
 
 import sys
 
-from fedsim.cli import main
+from fedsim.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -93,23 +93,40 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fedsim` console script: user errors become one line and an exit code, not a traceback."""
     args = _parser().parse_args(argv)
     try:
-        code = _dispatch(args)
+        return _dispatch(args)
     except ConfigError as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
-        code = 2
+        return 2
     except RunAborted as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
-        code = 1
+        return 1
     except KeyboardInterrupt:
         print("fedsim: interrupted", file=sys.stderr)
-        code = 130
-    if _STOPPED_RAY:  # see fedsim.runtime.cluster.stop_local_ray: leave without Ray's exit handler
+        return 130
+
+
+def entry() -> int:
+    """The `fedsim` console script (and `python -m fedsim`): `main`, and when the run killed its own local Ray
+    (see fedsim.runtime.cluster.stop_local_ray) the process leaves at once, without Ray's exit handler, which
+    would abort on the dead processes. Only here, never inside a caller's process that calls `main`."""
+    _FAST_EXIT.append(True)
+    try:
+        code = main()
+    except BaseException:
+        if not _STOPPED_RAY:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    if _STOPPED_RAY:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
 
 
+_FAST_EXIT: list[bool] = []  # set by `entry`: this process is the CLI's own
 _STOPPED_RAY: list[bool] = []
 
 
@@ -165,7 +182,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = run(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet,
                      resume=args.resume, stop_after=args.stop_after, report="off")
     finally:
-        if stop_local_ray():
+        if _FAST_EXIT and stop_local_ray():
             _STOPPED_RAY.append(True)
     start_report(result.run_dir, args.report)  # a detached process by default: the user is not held up
     print(result.run_dir)

@@ -15,7 +15,7 @@ import numpy as np
 Tensors = dict[str, np.ndarray]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClientTask:
     """One virtual client's local training, as the schedule dispatched it."""
 

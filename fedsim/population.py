@@ -98,7 +98,7 @@ def sample(cfg: PopulationConfig, cat: dict[str, Any], seed: int) -> Population:
     windows = traces.behavior(tr.behavior, n) if tr.behavior else None
     tz = None
     if cfg.diurnal.amplitude > 0:
-        zones = list(cfg.diurnal.timezones)  # keys checked at load: UTC offsets in hours
+        zones = sorted(cfg.diurnal.timezones, key=float)  # UTC offsets (checked at load); not the YAML's key order
         pick = stream(seed, "population-tz").choice(len(zones), size=n, p=_mixture(cfg.diurnal.timezones, zones))
         tz = np.array([float(z) for z in zones])[pick]
     return Population(

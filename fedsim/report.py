@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedsim.atomic import atomic_write_text
 from fedsim.errors import ConfigError
 from fedsim.metrics import figures
 
@@ -97,7 +98,7 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append(_figure(d / "budget.png", "Budget: cumulative bytes, energy and CO2 (data: rounds.jsonl, "
                                                "summary.json per_device)."))
     out = d / "report.html"
-    out.write_text(_page(f"fedsim report: {d.name}", "".join(parts)))
+    atomic_write_text(out, _page(f"fedsim report: {d.name}", "".join(parts)))  # a reader never sees half a page
     return out
 
 
@@ -124,5 +125,5 @@ def compare(run_dirs: list[str | Path], out: str | Path) -> Path:
             + _figure(figures.compare_costs(runs, dest / "compare_costs.png"),
                       "Cumulative client energy and round duration vs virtual time (data: compare_rounds.parquet)."))
     page = dest / "compare.html"
-    page.write_text(_page("fedsim compare: " + " vs ".join(names), body))
+    atomic_write_text(page, _page("fedsim compare: " + " vs ".join(names), body))
     return page

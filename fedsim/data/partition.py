@@ -6,9 +6,9 @@ The Dirichlet partition follows Hsu et al. 2019 ("Measuring the Effects of Non-I
 Federated Visual Classification", sec. 3): client i draws label shares q_i ~ Dir(alpha * p), p the prior label
 distribution of the data, and its label counts ~ Multinomial(n_i, q_i). E[q_i] = p, so an unbalanced file keeps
 its label shares on average; alpha -> 0 gives one label per client, alpha -> inf identical clients. Rows of a
-file are then assigned without replacement; when a label's pool runs out while others have rows to spare, the
-excess is moved to those labels by each client's own shares (renormalised over the labels left), as Hsu et
-al. do when a class is exhausted. Rows are reused only when the clients ask for more rows than the file has.
+file are then assigned without replacement. The paper does not say what happens when a label runs out; fedsim's
+rule: while other labels have rows to spare, the excess moves to them by each client's own shares
+(renormalised over the labels left). Rows are reused only when the clients ask for more rows than the file has.
 
 The natural partition gives each user (a column of the file, e.g. a LEAF/FedScale writer or speaker id) to one
 client, as real federated datasets are split.

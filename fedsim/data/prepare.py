@@ -29,6 +29,7 @@ from filelock import FileLock
 from fedsim.data import partition, synthetic
 from fedsim.errors import ConfigError
 from fedsim.paths import cache_dir, digest
+from fedsim.rng import stream
 from fedsim.scenario.schema import DataConfig, Scenario
 
 TEMPLATE = "Q: {prompt}\nA: "
@@ -45,8 +46,8 @@ class DataSpec:
     seq_len: int
     model_dir: str  # tokenizer
     eval_samples: int
-    train_path: str | None = None  # table: tokenized Arrow datasets
-    eval_path: str | None = None
+    train_path: str | None = None  # table: the tokenized rows (an Arrow dataset every worker memory-maps)
+    eval_rows: tuple[int, ...] = ()  # table: the held-out rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,29 +93,38 @@ def has_target(labels) -> np.ndarray:
 
 
 def prepare_data(s: Scenario, model_dir: str, log=print) -> ClientData:
-    """The scenario's data: synthetic (on demand) or a tokenized, partitioned table (cached by contents)."""
+    """The scenario's data: synthetic (on demand) or a tokenized table (cached by contents) split into a
+    held-out eval set and a train pool, partitioned over the clients (vectorized)."""
     cfg, n = s.data, s.population.num_clients
     spec = DataSpec("synthetic", s.seed, s.training.seq_len, str(model_dir), cfg.eval_samples)
     if cfg.source == "synthetic":
         if cfg.partition == "natural":
             raise ConfigError("data.partition", "natural needs a data.source with a user column, not synthetic")
         return ClientData(spec, cfg, partition.client_sizes(cfg, n, s.seed), synthetic.FAMILIES)
-    root = _tokenized_table(cfg, s.seed, s.training.seq_len, str(model_dir), log)
+    root = _tokenized_table(cfg, s.training.seq_len, str(model_dir), log)
     meta = json.loads((root / "meta.json").read_text())
+    _check_columns(cfg, meta["columns"])  # also on a cache hit: the cache holds whatever columns the file has
     if meta["dropped"]:
         log(f"[yellow]{meta['dropped']} rows of {cfg.source} have no response token within training.seq_len="
             f"{s.training.seq_len}: dropped")
-    spec = dataclasses.replace(spec, kind="table", train_path=str(root / "train"), eval_path=str(root / "eval"))
+    usable = meta["rows"]
+    if usable <= cfg.eval_samples:
+        raise ConfigError("data.eval_samples", f"{cfg.eval_samples} >= the {usable} usable rows of {cfg.source}"
+                                               f" ({meta['dropped']} have no response token within seq_len)")
+    perm = stream(s.seed, "eval-split").permutation(usable)
+    eval_rows, train = np.sort(perm[: cfg.eval_samples]), np.sort(perm[cfg.eval_samples :])
+    spec = dataclasses.replace(spec, kind="table", train_path=str(root / "rows"), eval_rows=tuple(eval_rows.tolist()))
     if cfg.partition == "natural":
-        offsets, rows = partition.natural(np.load(root / "user.npy"), n, s.seed, "user_field")
-        return ClientData(spec, cfg, np.diff(offsets), tuple(meta["labels"]), offsets, rows, 1.0, meta["dropped"])
-    codes = np.load(root / "label.npy")
+        users = np.unique(np.load(root / "user.npy")[train], return_inverse=True)[1]
+        offsets, local = partition.natural(users, n, s.seed, "user_field")
+        return ClientData(spec, cfg, np.diff(offsets), ("",), offsets, train[local], 1.0, meta["dropped"])
+    codes = np.load(root / "label.npy")[train]
     labels = tuple(meta["labels"]) if cfg.partition == "dirichlet" else ("",)
     if cfg.partition == "iid":
         codes = np.zeros_like(codes)
     sizes = partition.client_sizes(cfg, n, s.seed)
     counts = partition.label_counts(cfg, sizes, np.bincount(codes, minlength=len(labels)), s.seed)
-    pools = [np.flatnonzero(codes == i) for i in range(len(labels))]
+    pools = [train[codes == i] for i in range(len(labels))]
     offsets, rows, reuse = partition.assign_rows(counts, pools, s.seed)
     if reuse > 1:
         log(f"[yellow]data.source has fewer rows than the clients ask for: rows reused up to {reuse:.1f}x")
@@ -122,17 +132,39 @@ def prepare_data(s: Scenario, model_dir: str, log=print) -> ClientData:
 
 
 def file_digest(path: str) -> str:
-    """Hash of a file's contents (the tokenized cache follows edits, not names)."""
+    """Hash of a file's contents (the tokenized cache follows edits, not names). Remembered per (path, size,
+    mtime, inode), so an unchanged file is not read again at every start."""
+    st = Path(path).stat()
+    memo = cache_dir("digests") / digest([str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino])
+    if memo.is_file():
+        return memo.read_text()
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    memo.write_text(h.hexdigest())
     return h.hexdigest()
 
 
 def _tokenizer_digest(model_dir: str) -> str:
     d = Path(model_dir)
     return digest([file_digest(str(d / f)) for f in TOKENIZER_FILES if (d / f).is_file()])
+
+
+def _needed_columns(cfg: DataConfig) -> dict[str, str]:
+    needed = {"prompt_field": cfg.prompt_field, "response_field": cfg.response_field}
+    if cfg.partition == "dirichlet":
+        needed["label_field"] = cfg.label_field
+    if cfg.partition == "natural":
+        needed["user_field"] = cfg.user_field
+    return needed
+
+
+def _check_columns(cfg: DataConfig, columns: list[str]) -> None:
+    for key, col in _needed_columns(cfg).items():
+        if col not in columns:
+            have = ", ".join(columns) or "none"
+            raise ConfigError(f"data.{key}", f"column {col!r} not in {cfg.source} (columns: {have})")
 
 
 def _load_source(cfg: DataConfig):
@@ -150,15 +182,7 @@ def _load_source(cfg: DataConfig):
             datasets.load_dataset(src, split=cfg.split)
     except Exception as exc:  # datasets raises many types; the user needs one line
         raise ConfigError("data.source", f"cannot load {src!r}: {str(exc).splitlines()[0]}") from None
-    needed = {"prompt_field": cfg.prompt_field, "response_field": cfg.response_field}
-    if cfg.partition == "dirichlet":
-        needed["label_field"] = cfg.label_field
-    if cfg.partition == "natural":
-        needed["user_field"] = cfg.user_field
-    for key, col in needed.items():
-        if col not in ds.column_names:
-            have = ", ".join(ds.column_names) or "none"
-            raise ConfigError(f"data.{key}", f"column {col!r} not in {src} (columns: {have})")
+    _check_columns(cfg, ds.column_names)
     if len(ds) == 0:
         raise ConfigError("data.source", f"{src} has no rows")
     return ds
@@ -169,22 +193,22 @@ def _codes(values: list) -> tuple[np.ndarray, list[str]]:
     return codes.astype(np.int32), [str(x) for x in names]
 
 
-def _tokenized_table(cfg: DataConfig, seed: int, seq_len: int, model_dir: str, log) -> Path:
-    """Tokenize a file or hub dataset once into the cache; the key covers its contents, not only its name."""
+def _tokenized_table(cfg: DataConfig, seq_len: int, model_dir: str, log) -> Path:
+    """Tokenize a file or hub dataset once into the cache; the key covers its contents (not only its name),
+    the tokenizer, seq_len and the columns read, not the seed or the split (made per run from the cache)."""
     src = cfg.source
     content = file_digest(src) if Path(src).is_file() else f"{src}:{cfg.split}"
-    key = digest({"content": content, "tok": _tokenizer_digest(model_dir), "seq": seq_len, "seed": seed,
-                  "fields": [cfg.prompt_field, cfg.response_field, cfg.label_field, cfg.user_field],
-                  "eval": cfg.eval_samples, "v": 3})
+    key = digest({"content": content, "tok": _tokenizer_digest(model_dir), "seq": seq_len,
+                  "fields": [cfg.prompt_field, cfg.response_field, cfg.label_field, cfg.user_field], "v": 4})
     root = cache_dir("data") / key
     with FileLock(str(root) + ".lock"):
         if not (root / "meta.json").is_file():
             log(f"tokenizing {src} (once; cached by its contents) ...")
-            _build_table(cfg, seed, seq_len, model_dir, root)
+            _build_table(cfg, seq_len, model_dir, root)
     return root
 
 
-def _build_table(cfg: DataConfig, seed: int, seq_len: int, model_dir: str, root: Path) -> None:
+def _build_table(cfg: DataConfig, seq_len: int, model_dir: str, root: Path) -> None:
     from transformers import AutoTokenizer
 
     ds = _load_source(cfg)
@@ -192,19 +216,14 @@ def _build_table(cfg: DataConfig, seed: int, seq_len: int, model_dir: str, root:
     fn = dict(tokenizer=tokenizer, seq_len=seq_len, prompt_field=cfg.prompt_field, response_field=cfg.response_field)
     tok = ds.map(tokenize_batch, batched=True, fn_kwargs=fn, remove_columns=ds.column_names)
     keep = np.flatnonzero(has_target(np.asarray(tok["labels"])))
-    if len(keep) <= cfg.eval_samples:
-        raise ConfigError("data.eval_samples", f"{cfg.eval_samples} >= the {len(keep)} usable rows of {cfg.source}"
-                                               f" ({len(ds) - len(keep)} have no response token within seq_len)")
-    perm = keep[np.random.default_rng(seed).permutation(len(keep))]
-    eval_idx, train_idx = np.sort(perm[: cfg.eval_samples]), np.sort(perm[cfg.eval_samples :])
     label_codes, label_names = _codes(ds[cfg.label_field] if cfg.label_field in ds.column_names else [""] * len(ds))
     user_codes, _ = _codes(ds[cfg.user_field] if cfg.user_field in ds.column_names else [""] * len(ds))
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a build that crashed half-way
-    tok.select(train_idx).save_to_disk(str(tmp / "train"))
-    tok.select(eval_idx).save_to_disk(str(tmp / "eval"))
-    np.save(tmp / "label.npy", label_codes[train_idx])
-    np.save(tmp / "user.npy", np.unique(user_codes[train_idx], return_inverse=True)[1].astype(np.int64))
+    tok.select(keep).save_to_disk(str(tmp / "rows"))
+    np.save(tmp / "label.npy", label_codes[keep])
+    np.save(tmp / "user.npy", user_codes[keep].astype(np.int64))
     (tmp / "meta.json").write_text(json.dumps({"labels": label_names, "dropped": int(len(ds) - len(keep)),
-                                               "rows": int(len(train_idx)), "source": cfg.source}))
+                                               "rows": int(len(keep)), "columns": ds.column_names,
+                                               "source": cfg.source}))
     tmp.rename(root)

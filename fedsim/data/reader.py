@@ -54,11 +54,8 @@ class DataReader:
     def eval_set(self) -> tuple[np.ndarray, np.ndarray]:
         """The held-out eval set (synthetic: an even share of every task family from the "eval" streams)."""
         if self.spec.kind == "table":
-            import datasets
-
-            ev = datasets.load_from_disk(self.spec.eval_path).with_format("numpy")[:]
-            ids = np.asarray(ev["input_ids"], dtype=np.int32)
-            return ids, np.asarray(ev["labels"], dtype=np.int32).reshape(ids.shape)
+            ids, labels, _ = self.client(-1, np.asarray(self.spec.eval_rows, dtype=np.int64))
+            return ids, labels
         each = -(-self.spec.eval_samples // len(synthetic.FAMILIES))
         cols = synthetic.generate({f: each for f in synthetic.FAMILIES}, self.spec.seed, "eval")
         ids, labels = self._tokenize(cols["prompt"][: self.spec.eval_samples], cols["response"][: self.spec.eval_samples])

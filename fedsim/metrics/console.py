@@ -58,6 +58,12 @@ class RunConsole:
         info = f"virtual {human_time(row['sim_time_s'])} | {human_bytes(self._bytes)} | loss {self._loss}"
         self.progress.update(self.task, advance=1, info=info)
 
+    def stop(self) -> None:
+        """Stop the progress bar (on an error path: the terminal gets its cursor back)."""
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
+
     def finish(self, summary: dict[str, Any], run_dir: str) -> None:
         """Stop the bar and print the summary table."""
         if self.progress:

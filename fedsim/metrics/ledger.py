@@ -129,10 +129,18 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def _part_tables(run_dir: Path, schema: pa.Schema) -> Iterator[pa.Table]:
-    """The readable part files' rows, in round order (torn parts skipped with a warning)."""
+def _part_tables(run_dir: Path, schema: pa.Schema, strict: bool = False) -> Iterator[pa.Table]:
+    """The readable part files' rows, in round order (torn parts skipped with a warning; `strict`: an error,
+    for the merge at close, after which the parts are deleted and a skipped part's rows would be gone)."""
     for _, _, path in list_parts(run_dir):
-        table = _read(path)
+        if strict:
+            try:
+                table = pq.read_table(path)
+            except (pa.ArrowException, OSError) as e:
+                raise RuntimeError(f"client-row part {path} is unreadable ({e}); the ledger is kept as it is, "
+                                   "nothing was merged or deleted") from None
+        else:
+            table = _read(path)
         if table is not None:
             yield _conform(table, schema)
 
@@ -151,7 +159,7 @@ def _merge(run_dir: Path, schema: pa.Schema, dest: Path) -> None:
     """Write every part's rows into `dest` atomically, streaming (memory: one row group, not the table)."""
     with atomic_file(dest) as f, pq.ParquetWriter(f, schema) as writer:
         buffered: list[pa.Table] = []
-        for table in _part_tables(run_dir, schema):
+        for table in _part_tables(run_dir, schema, strict=True):
             buffered.append(table)
             if sum(t.num_rows for t in buffered) >= _ROW_GROUP:
                 writer.write_table(pa.concat_tables(buffered))

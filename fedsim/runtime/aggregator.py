@@ -7,6 +7,7 @@ non-finite or empty update is quarantined (counted, never folded): one NaN must 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,10 @@ class Aggregator:
         self.fold = OrderedFold(self._fold)
 
     def _fold(self, seq: int, weight: float, norm: float, result: ClientResult, delta: dict[str, np.ndarray]) -> None:
+        if result.finite and not all(np.isfinite(v).all() for v in delta.values()):
+            result = dataclasses.replace(result, finite=False)  # the server checks what it folds itself
         self.results[seq] = result
-        if not result.finite:
+        if not result.finite or weight <= 0:
             return
         self.deltas.add(weight * result.num_samples, delta, norm * result.num_samples)
         self.loss_sum += norm * result.num_samples * result.loss

@@ -148,15 +148,18 @@ def run(
             tasks = [ClientTask(int(c), rnd, int(d), int(v), data.client_rows(int(c)))
                      for c, d, v in zip(plan.to_train, plan.train_dispatch, plan.train_versions)]
             timing.setdefault("first_dispatch", time.time())
+            due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
             try:
                 stats = pool.train_round(rnd, tasks, [float(w) for w in plan.train_weights],
                                          schedule.min_live_version())
-            except WorkerLost as lost:
+                if "first_round" not in timing:
+                    timing["first_round"] = time.time()
+                    pool.check_ready()  # every worker loaded (one may have had no task yet)
+                    timing["workers_ready"] = time.time()
+                initial = _resolved(pool, initial)
+                eval_loss = pool.evaluate() if due else None
+            except (WorkerLost, ray.exceptions.RayError) as lost:
                 raise _abort(run_dir, pool, rnd, before, initial, lost) from None
-            timing.setdefault("first_round", time.time())
-            initial = _resolved(pool, initial)
-            due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
-            eval_loss = pool.evaluate() if due else None
             row = round_row(plan, stats, eval_loss, time.perf_counter() - t_round, profile)
             pool.record(row, client_columns(plan, pop, data.sizes, stats["results"], profile.quantizations))
             rows.append(row)
@@ -167,14 +170,20 @@ def run(
                 checkpoint.save(run_dir, rnd, {"schedule": schedule.state(), "totals": totals, "initial": initial},
                                 pool.version_states())
         timing["last_round"] = time.time()
-        _write_adapter(run_dir / "adapter", pool.export_adapter())
+        try:
+            _write_adapter(run_dir / "adapter", pool.export_adapter())
+        except ray.exceptions.RayError as exc:
+            raise RunAborted(f"the final adapter could not be exported ({_one_line(exc)}); every round is "
+                             f"checkpointed: fedsim run --resume {run_dir} writes it") from None
     except ConfigError:
-        pool.close()
-        if resume is None:
+        con.stop()
+        pool.close(quiet=True)
+        if resume is None and not rows:
             shutil.rmtree(run_dir, ignore_errors=True)  # a worker could not load: nothing half-written stays
         raise
     except BaseException:
-        pool.close()
+        con.stop()
+        pool.close(quiet=True)
         raise
     pool.close()
     summary = summarize(rows, initial["eval"], {
@@ -202,8 +211,14 @@ def _resolved(pool, initial: dict) -> dict:
     return {"eval": pool.get(initial["eval"]), "sha": pool.get(initial["sha"])}
 
 
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"
+
+
 def _abort(run_dir: Path, pool, rnd: int, before: tuple, initial: dict, lost: Exception) -> RunAborted:
-    """Checkpoint the state before round `rnd` (it lost an update) and say how to continue."""
+    """Checkpoint the state before round `rnd` (an update or the aggregator was lost) and say how to go on."""
     from fedsim.runtime import checkpoint
 
     schedule_state, versions, totals = before
@@ -214,12 +229,13 @@ def _abort(run_dir: Path, pool, rnd: int, before: tuple, initial: dict, lost: Ex
                         pool.version_states(versions))
         where = f"round {rnd - 1}"
     except Exception:  # noqa: BLE001 - the aggregator itself is gone: the newest regular checkpoint stands
-        found = sorted((run_dir / "checkpoints").glob("round_*"))
-        where = f"{found[-1].name.replace('_', ' ')}" if found else None
+        found = sorted((run_dir / "checkpoints").glob("round_*"), key=lambda p: int(p.name.split("_")[-1]))
+        where = f"round {int(found[-1].name.split('_')[-1])}" if found else None
+    what = str(lost) if isinstance(lost, RuntimeError) and not hasattr(lost, "cause") else _one_line(lost)
     if where is None:
-        return RunAborted(f"{lost}; no checkpoint could be written: rerun the scenario")
-    return RunAborted(f"{lost}; nothing of round {rnd} was applied. Continue from the checkpoint of {where}: "
-                      f"fedsim run --resume {run_dir}")
+        return RunAborted(f"round {rnd}: {what}; no checkpoint could be written: rerun the scenario")
+    return RunAborted(f"round {rnd}: {what}; nothing of round {rnd} was applied. Continue from the checkpoint "
+                      f"of {where}: fedsim run --resume {run_dir}")
 
 
 def start_report(run_dir: Path, mode: str) -> None:

@@ -32,6 +32,13 @@ def _cause(exc: BaseException) -> BaseException:
     return getattr(exc, "cause", None) or exc
 
 
+def _reason(exc: BaseException) -> str:
+    """One line: the error's type and the first line of its message."""
+    cause = _cause(exc)
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 class Pool:
     """N worker actors plus the aggregator actor of one run."""
 
@@ -45,6 +52,8 @@ class Pool:
         res = spec.worker
         actor = ray.remote(Worker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=0, **env)
         self.workers = [actor.remote(scenario, model_dir, data_spec) for _ in range(n)]
+        self.ready_refs = [w.ready.remote() for w in self.workers]  # asked now, read after round 1
+        self.recorded: list = []  # the ledger writes not yet confirmed
         self.window = n * scenario["runtime"]["max_inflight_per_worker"]
         versions = resume[0] if resume else {0: self.workers[0].initial_state.remote()}
         here = ray.get_runtime_context().get_node_id()
@@ -73,9 +82,11 @@ class Pool:
 
     def check_ready(self) -> None:
         """Raise the first worker's load error (bad model directory, unknown target module) as a ConfigError."""
-        for err in self.ray.get([w.ready.remote() for w in self.workers]):
-            if err:
+        for err in self.ray.get(self.ready_refs):
+            if err and err[0]:
                 raise ConfigError(*err)
+            if err:
+                raise RuntimeError(err[1])
 
     def train_round(self, rnd: int, tasks: list[ClientTask], weights: list[float],
                     keep_versions_from: int) -> dict[str, Any]:
@@ -104,7 +115,9 @@ class Pool:
                 except ConfigError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - actor died, worker crashed, object lost
-                    raise WorkerLost(tasks[seq], type(_cause(exc)).__name__) from None
+                    raise WorkerLost(tasks[seq], _reason(exc)) from None
+                if (result.client, result.dispatch) != (tasks[seq].client, tasks[seq].dispatch):
+                    raise WorkerLost(tasks[seq], f"got the result of client {result.client} instead")
                 load[w] -= 1
                 unfinished.discard(seq)
                 agg.put.remote(seq, weights[seq], 1.0, result, update)
@@ -138,17 +151,23 @@ class Pool:
         return self.get(self.workers[0].export_adapter.remote(self.global_ref))
 
     def record(self, round_row: dict, client_cols: dict) -> None:
-        """Hand a closed round to the aggregator's ledger (asynchronous)."""
-        self.aggregator.record.remote(round_row, client_cols)
+        """Hand a closed round to the aggregator's ledger (asynchronous; `flush` confirms it was written)."""
+        self.recorded.append(self.aggregator.record.remote(round_row, client_cols))
 
     def flush(self) -> None:
-        """Wait until the aggregator has written every round recorded so far (before a checkpoint)."""
-        self.ray.get(self.aggregator.flush.remote())
+        """Wait until the aggregator has written every round recorded so far (before a checkpoint); a failed
+        write raises here instead of passing unseen."""
+        self.ray.get([*self.recorded, self.aggregator.flush.remote()])
+        self.recorded = []
 
-    def close(self) -> None:
-        """Close the ledger and stop the actors."""
+    def close(self, quiet: bool = False) -> None:
+        """Confirm the ledger writes, close the ledger and stop the actors (`quiet`: on an error path, where a
+        second failure must not hide the first)."""
         try:
-            self.ray.get(self.aggregator.close.remote())
+            self.ray.get([*self.recorded, self.aggregator.close.remote()])
+        except Exception:
+            if not quiet:
+                raise
         finally:
             for actor in [*self.workers, self.aggregator]:
                 self.ray.kill(actor)

@@ -32,13 +32,13 @@ class Worker:
     """
 
     def __init__(self, scenario: dict, model_dir: str, data_spec):
-        self.error: tuple[str, str] | None = None  # (key path, message)
+        self.error: tuple[str, str] | None = None  # (key path, message); key "" for a runtime failure
         try:
             self._load(scenario, model_dir, data_spec)
         except ConfigError as exc:
             self.error = (exc.path, str(exc).removeprefix(f"{exc.path}: "))
-        except Exception as exc:  # noqa: BLE001 - reported to the driver as one line
-            self.error = ("model.name", f"cannot load {model_dir} for training: {_one_line(exc)}")
+        except Exception as exc:  # noqa: BLE001 - out of memory, CUDA, a path missing on this node: not bad input
+            self.error = ("", f"worker could not load {model_dir}: {_one_line(exc)}")
 
     def _load(self, scenario: dict, model_dir: str, data_spec) -> None:
         from fedsim.logs import quiet_libraries
@@ -48,9 +48,9 @@ class Worker:
 
         from fedsim.data.reader import DataReader
         from fedsim.models.local import load_local_model
-        from fedsim.scenario.load import load
+        from fedsim.scenario.load import resolved
 
-        self.s: Scenario = load(scenario)
+        self.s: Scenario = resolved(scenario)
         torch.set_num_threads(self.s.runtime.threads_per_worker)
         try:
             self.lm = load_local_model(
@@ -64,12 +64,15 @@ class Worker:
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
 
     def ready(self) -> tuple[str, str] | None:
-        """None once the model and data are loaded; else (key path, message) of the error that stopped it."""
+        """None once the model and data are loaded; else (key path, message) of the error that stopped it (key
+        path "" for a failure that is not the scenario's fault)."""
         return self.error
 
     def _check(self) -> None:
-        if self.error:
+        if self.error and self.error[0]:
             raise ConfigError(*self.error)
+        if self.error:
+            raise RuntimeError(self.error[1])
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """The adapter as peft initialised it (identical on every worker: seeded)."""
@@ -91,8 +94,9 @@ class Worker:
         received = {k: cast(v, c.transmit_dtype) for k, v in global_state.items()}
         delta, loss = train_client(self.lm, received, ids, labels, self.s.training, self.s.seed, task.dispatch,
                                    task.client)
-        finite = math.isfinite(loss) and all(np.isfinite(v).all() for v in delta.values())
         sent = {k: compress(v, c.transmit_dtype, c.upload_compression, c.topk_fraction) for k, v in delta.items()}
+        # what the server would fold: a float16 wire format overflows to inf above 65504
+        finite = math.isfinite(loss) and all(np.isfinite(v).all() for v in sent.values())
         return ClientResult(task.client, task.dispatch, len(ids), loss, trained_from, finite, dropped), sent
 
     def evaluate(self, global_state: dict) -> float:

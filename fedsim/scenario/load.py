@@ -236,6 +236,16 @@ def load(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, A
     return scenario
 
 
+def resolved(data: dict[str, Any]) -> Scenario:
+    """A scenario from `dump()` of one that `load()` already checked (a worker actor, a resumed run's config):
+    validated against the schema only, without the file, catalog and memory checks of the machine that
+    loaded it."""
+    try:
+        return _ADAPTER.validate_python(copy.deepcopy(data))
+    except ValidationError as err:
+        raise _explain(err) from None
+
+
 def dump(scenario: Scenario) -> dict[str, Any]:
     """The fully resolved scenario as plain data (what `config.yaml` holds)."""
     return _ADAPTER.dump_python(scenario, mode="json", by_alias=True)

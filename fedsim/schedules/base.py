@@ -100,7 +100,7 @@ def select(s: Scenario, pop: Population, rnd: int, now: float, want: int | None 
     n_found, rate = 0, max(pop.mean_availability, 1e-3)
     while n_found < want and len(seen) < pop.size:
         remaining = pop.size - len(seen)
-        m = math.ceil((want - n_found + len(excl)) / rate * 1.2) + 16
+        m = math.ceil((want - n_found) / (rate * max(1.0 - len(excl) / pop.size, 1e-3)) * 1.2) + 16
         if 4 * m >= remaining:
             cand = rng.permutation(np.setdiff1d(np.arange(pop.size), seen, assume_unique=True))
         else:

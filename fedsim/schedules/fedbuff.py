@@ -19,7 +19,8 @@ import math
 import numpy as np
 
 from fedsim.clock import Clock
-from fedsim.costs.profile import CostProfile, phase_times
+from fedsim.costs.profile import CostProfile, fitting_option, phase_times
+from fedsim.errors import ConfigError
 from fedsim.population import Population
 from fedsim.rng import stream
 from fedsim.scenario.schema import AsyncConfig, Scenario
@@ -52,6 +53,10 @@ class FedBuffSchedule:
 
     def __init__(self, s: Scenario, pop: Population, profile: CostProfile, clock: Clock | None = None):
         self.s, self.pop, self.profile, self.cfg = s, pop, profile, s.server.async_
+        if not (fitting_option(profile, pop.memory_bytes) >= 0).any():  # else slots never fill: no progress ever
+            raise ConfigError("model.name", f"no client of the population can hold the model for training "
+                                            f"(needs {min(profile.memory_options) / 1e9:.3g} GB; the largest "
+                                            f"device has {pop.memory_bytes.max() / 1e9:.3g} GB)")
         self.clock = clock if clock is not None else Clock()
         self.version = 0
         self.inflight: dict[int, dict] = {}  # dispatch seq -> client record

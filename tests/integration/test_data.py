@@ -42,8 +42,7 @@ def test_jsonl_dirichlet_by_label(tmp_path, model_dir):
                      "data.eval_samples": 40, "population.num_clients": 30})
     data = prepare_data(s, model_dir, log=lambda _: None)
     assert data.labels == ("even", "odd") and data.spec.kind == "table"
-    evals = datasets.load_from_disk(data.spec.eval_path)
-    assert len(evals) == 40
+    assert len(data.spec.eval_rows) == 40 and not set(data.spec.eval_rows) & set(data.rows)  # held out
     reader = DataReader(data.spec)
     kinds = np.load(f"{data.spec.train_path}/../label.npy")
     majority = [max(np.mean(kinds[data.client_rows(c)] == k) for k in (0, 1)) for c in range(30)]
@@ -78,6 +77,17 @@ def test_natural_partition_gives_one_client_per_user(tmp_path, model_dir):
     assert sorted({int(users[data.client_rows(c)][0]) for c in range(25)}) == list(range(25))
 
 
+def test_a_cached_table_is_checked_for_the_columns_each_run_needs(tmp_path, model_dir):
+    """An iid run caches a file without a label column; a Dirichlet run on the same file (a cache hit) must
+    still say the column is missing instead of partitioning over one label."""
+    path = _write(tmp_path, [{k: v for k, v in r.items() if k != "kind"} for r in ROWS])
+    prepare_data(_scenario(**{"data.source": path, "data.partition": "iid", "data.eval_samples": 20}), model_dir,
+                 log=lambda _: None)
+    with pytest.raises(ConfigError, match="data.label_field: column 'kind' not in"):
+        prepare_data(_scenario(**{"data.source": path, "data.label_field": "kind", "data.eval_samples": 20}),
+                     model_dir, log=lambda _: None)
+
+
 def test_tokenized_cache_follows_the_files_contents(tmp_path, model_dir):
     """An edited file (same name) must not reuse the stale tokens of its previous contents."""
     path = _write(tmp_path, ROWS)
@@ -99,7 +109,7 @@ def test_rows_without_a_response_token_are_dropped_with_a_count(tmp_path, model_
     data = prepare_data(_scenario(**{"data.source": path, "data.partition": "iid", "data.eval_samples": 20}),
                         model_dir, log=logged.append)
     assert data.dropped_rows == 100 and any("100 rows" in m and "dropped" in m for m in logged)
-    assert json.loads(open(f"{data.spec.train_path}/../meta.json").read())["rows"] == 180
+    assert json.loads(open(f"{data.spec.train_path}/../meta.json").read())["rows"] == 200
 
 
 def test_synthetic_rows_exist_only_for_the_client_asked_and_are_repeatable(model_dir):

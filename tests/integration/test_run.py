@@ -54,6 +54,13 @@ def runs(tmp_path_factory):
     return out
 
 
+def _cmdline(proc) -> list[str]:
+    try:
+        return proc.cmdline()
+    except Exception:  # noqa: BLE001 - the process ended meanwhile
+        return []
+
+
 def _kill_a_worker_then_resume(run_dir):
     """The async run with 2 workers, one worker process SIGKILLed while it trains a client: the run must stop
     with RunAborted (never finish with an update silently missing), leave a checkpoint, and resume from it
@@ -70,16 +77,22 @@ def _kill_a_worker_then_resume(run_dir):
     killed = []
 
     def killer():
+        """After round 1 is recorded, SIGKILL one of this test's own worker actors (a descendant of this
+        process: never another Ray session's), preferably while it trains. Five rounds remain, each with
+        tasks for both workers, so even an idle victim loses a dispatched task."""
         deadline = time.time() + 120
         while not killed and time.time() < deadline:
             rounds = run_dir / "rounds.jsonl"
             if rounds.is_file() and rounds.read_text().count("\n") >= 1:
-                for proc in psutil.process_iter(["pid", "cmdline"]):
-                    if "ray::Worker.train" in " ".join(proc.info["cmdline"] or []):
-                        os.kill(proc.info["pid"], signal.SIGKILL)
-                        killed.append(proc.info["pid"])
-                        return
-            time.sleep(0.005)
+                mine = [p for p in psutil.Process().children(recursive=True)
+                        if "ray::Worker" in " ".join(_cmdline(p))]
+                busy = [p for p in mine if "ray::Worker.train" in " ".join(_cmdline(p))]
+                if busy or (mine and time.time() > deadline - 100):
+                    victim = (busy or mine)[0]
+                    os.kill(victim.pid, signal.SIGKILL)
+                    killed.append(victim.pid)
+                    return
+            time.sleep(0.002)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()

@@ -71,3 +71,20 @@ def test_non_finite_updates_are_quarantined_not_folded(tmp_path):
     assert stats["quarantined"] == 1 and stats["aggregated"] == 1 and stats["train_loss"] == 0.5
     assert stats["global_sha"] == state_digest(new) != state_digest(g)
     agg.close()
+
+
+def test_an_update_that_overflows_the_wire_format_is_quarantined(tmp_path):
+    """A diverging client whose float32 delta is finite but overflows float16 on the wire: the server folds
+    what it decodes, so it must check that (inf), whatever the worker said."""
+    from fedsim.client_round import ClientResult
+    from fedsim.costs.compression import compress
+    from fedsim.runtime.aggregator import Aggregator
+
+    sent = {"w": compress(np.array([1e5, 1.0], np.float32), "float16", "none", 1.0)}
+    assert not np.isfinite(sent["w"]).all()
+    agg = Aggregator(str(tmp_path), {"w": np.zeros(2, np.float32)}, server_lr=1.0)
+    agg.begin(1)
+    agg.put(0, 1.0, 1.0, ClientResult(1, 1, 4, 0.5, "x", True), sent)
+    new, stats = agg.finish()
+    assert stats["quarantined"] == 1 and np.array_equal(new["w"], [0.0, 0.0])
+    agg.close()

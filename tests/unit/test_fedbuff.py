@@ -140,14 +140,23 @@ def test_every_dispatch_has_its_own_stream_key():
     assert twice > 0  # with 40 clients and 12 in flight, some client trains twice in one step
 
 
-def test_fedbuff_step_is_not_renormalised_by_the_staleness_discount():
-    """Nguyen et al. 2022, Algorithm 1: Delta = (1/K) sum_i s(tau_i) Delta_i. Two equal-sized updates of
-    staleness 3 under 1/sqrt(1+s) move the model half as far as two fresh ones."""
-    from fedsim.strategies.fedavg import WeightedMean
+def test_fedbuff_step_is_not_renormalised_by_the_staleness_discount(tmp_path):
+    """Nguyen et al. 2022, Algorithm 1: Delta = (1/K) sum_i s(tau_i) Delta_i. The aggregator, fed as the pool
+    feeds it (weight = the plan's staleness weight, normaliser 1, times samples), moves the model half as far
+    for two equal-sized updates of staleness 3 under 1/sqrt(1+s) as for the same two updates fresh."""
+    from fedsim.client_round import ClientResult
+    from fedsim.runtime.aggregator import Aggregator
 
     cfg = load({}, {"server.async.staleness_weight": "inverse_sqrt"}).server.async_
-    w = staleness_weight(cfg, np.array([3, 3]))
-    m = WeightedMean()
-    for wi, x in zip(w, ([2.0, 0.0], [0.0, 4.0])):
-        m.add(float(wi) * 10, {"d": np.array(x, np.float32)}, norm=10.0)  # 10 samples each
-    np.testing.assert_allclose(m.mean()["d"], 0.5 * np.array([1.0, 2.0]))  # (1/2)(0.5*[2,0] + 0.5*[0,4])
+    steps = {}
+    for staleness in (0, 3):
+        (tmp_path / str(staleness)).mkdir()
+        agg = Aggregator(str(tmp_path / str(staleness)), {"d": np.zeros(2, np.float32)}, server_lr=1.0)
+        agg.begin(1)
+        w = float(staleness_weight(cfg, np.array([staleness]))[0])
+        for seq, x in enumerate(([2.0, 0.0], [0.0, 4.0])):
+            agg.put(seq, w, 1.0, ClientResult(seq, seq, 10, 1.0, "-", True), {"d": np.array(x, np.float32)})
+        steps[staleness] = agg.finish()[0]["d"]
+        agg.close()
+    np.testing.assert_allclose(steps[0], [1.0, 2.0])  # (1/2)([2,0] + [0,4])
+    np.testing.assert_allclose(steps[3], [0.5, 1.0])  # (1/2)(0.5 [2,0] + 0.5 [0,4])

@@ -92,3 +92,32 @@ def test_synthetic_examples_are_correct():
         elif task == "sort":
             assert answer.split() == sorted(prompt.split()[1:], key=int)
     assert data == synthetic.generate({f: 20 for f in synthetic.FAMILIES}, seed=0)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=60),
+       supply=st.lists(st.integers(0, 300), min_size=1, max_size=6),
+       alpha=st.sampled_from([0.01, 0.1, 1.0, 10.0]), seed=st.integers(0, 2**16))
+def test_partition_properties(sizes, supply, alpha, seed):
+    """Any sizes and label supply: every client gets exactly its size; no label gives more rows than it has
+    while the file has rows to spare; rows are a partition (reused only when demand exceeds the file)."""
+    supply = np.array(supply)
+    if supply.sum() == 0:
+        supply[0] = 1
+    sizes = np.array(sizes)
+    cfg = load({}, {"data.dirichlet_alpha": alpha}).data
+    counts = partition.label_counts(cfg, sizes, supply, seed)
+    assert np.array_equal(counts.sum(axis=1), sizes) and (counts >= 0).all()
+    assert (counts[:, supply == 0] == 0).all()  # a label without rows is never asked for
+    if sizes.sum() <= supply.sum():
+        assert (counts.sum(axis=0) <= supply).all()
+    starts = np.concatenate([[0], np.cumsum(supply)])
+    pools = [np.arange(starts[i], starts[i + 1]) for i in range(len(supply))]
+    offsets, rows, reuse = partition.assign_rows(counts, pools, seed)
+    assert offsets[-1] == len(rows) == sizes.sum()
+    if sizes.sum() <= supply.sum():
+        assert reuse == 1.0 and len(np.unique(rows)) == len(rows)

@@ -193,7 +193,9 @@ def test_selection_finds_k_online_clients_in_a_diurnal_trough():
     for rnd in range(1, 6):
         ids = select(s, pop, rnd, trough)
         assert len(ids) == 130 and len(np.unique(ids)) == 130
-    assert len(select(s, pop, 1, trough, exclude=select(s, pop, 1, trough))) == 130  # others, not the same
+    first = select(s, pop, 1, trough)
+    second = select(s, pop, 1, trough, exclude=first)
+    assert len(second) == 130 and not set(first) & set(second)  # others, not the same
 
 
 def test_selection_returns_everyone_online_when_fewer_than_k_are():
@@ -202,3 +204,31 @@ def test_selection_returns_everyone_online_when_fewer_than_k_are():
     half.availability[5:] = 0.0  # a population's arrays are data: switch half of it off
     for rnd in range(1, 20):
         assert sorted(select(s, half, rnd, 0.0)) == [0, 1, 2, 3, 4]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None)
+@given(online=st.lists(st.booleans(), min_size=1, max_size=300), want=st.integers(1, 50),
+       n_excluded=st.integers(0, 20), rnd=st.integers(1, 10**6))
+def test_select_takes_k_distinct_online_clients_whenever_k_are_online(online, want, n_excluded, rnd):
+    """Whatever who is online: the selection is distinct, online, never excluded, and has min(K, #eligible
+    online) clients: never fewer because the draw was sized wrongly."""
+    import dataclasses
+
+    n = len(online)
+    s = load({}, {"population.num_clients": max(n, 10), "server.clients_per_round": 1})
+    avail = np.array(online, dtype=float)
+    pop = Population(device_names=("d",), network_names=("n",), device=np.zeros(n, np.int16),
+                     network=np.zeros(n, np.int16), flops=np.ones(n), memory_bytes=np.ones(n),
+                     power_busy_w=np.ones(n), power_idle_w=np.ones(n), up_bps=np.ones(n), down_bps=np.ones(n),
+                     latency_s=np.zeros(n), availability=np.maximum(avail, 0.0))
+    pop = dataclasses.replace(pop)
+    excluded = np.arange(min(n_excluded, n))
+    ids = select(s, pop, rnd, 0.0, want=want, exclude=excluded)
+    eligible = np.flatnonzero(avail > 0)
+    eligible = eligible[~np.isin(eligible, excluded)]
+    assert len(ids) == len(np.unique(ids)) == min(want, len(eligible))
+    assert set(ids) <= set(eligible)
