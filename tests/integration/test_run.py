@@ -124,6 +124,18 @@ def _local_model_and_file(folder):
             "data.eval_samples": 48}
 
 
+def _assert_same_run(a, b):
+    """Same rounds.jsonl (but wall times), same clients.parquet, same adapter bytes."""
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+    assert strip(_rounds(a)) == strip(_rounds(b))
+    pd.testing.assert_frame_equal(pd.read_parquet(a.run_dir / "clients.parquet"),
+                                  pd.read_parquet(b.run_dir / "clients.parquet"))
+    assert (a.run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (b.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
 def _rounds(result):
     return [json.loads(line) for line in (result.run_dir / "rounds.jsonl").read_text().splitlines()]
 
@@ -298,15 +310,7 @@ def test_stop_and_resume_continues_bit_for_bit(runs):
     assert runs["stopped"]["complete"] is False and runs["stopped"]["rounds"] == 4
     resumed, straight = runs["resumed"], runs["async2"]
     assert resumed.summary["complete"] is True
-
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
-
-    assert strip(_rounds(resumed)) == strip(_rounds(straight))
-    pd.testing.assert_frame_equal(pd.read_parquet(resumed.run_dir / "clients.parquet"),
-                                  pd.read_parquet(straight.run_dir / "clients.parquet"))
-    assert (resumed.run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == \
-        (straight.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    _assert_same_run(resumed, straight)
     assert sorted(p.name for p in (resumed.run_dir / "checkpoints").iterdir()) == ["round_00004", "round_00006"]
     assert not (resumed.run_dir / ".clients_parts").exists()
 
@@ -345,15 +349,7 @@ def test_a_lost_worker_stops_the_run_with_a_checkpoint_and_resume_matches(runs):
     msg = killed["message"]
     assert "worker actor was lost while training client" in msg and "fedsim run --resume" in msg and "\n" not in msg
     resumed, straight = runs["after_kill"], runs["async2"]
-
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
-
-    assert strip(_rounds(resumed)) == strip(_rounds(straight))
-    pd.testing.assert_frame_equal(pd.read_parquet(resumed.run_dir / "clients.parquet"),
-                                  pd.read_parquet(straight.run_dir / "clients.parquet"))
-    assert (resumed.run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == \
-        (straight.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    _assert_same_run(resumed, straight)
 
 
 def test_resume_refuses_overrides(runs):
