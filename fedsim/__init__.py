@@ -19,14 +19,16 @@ if TYPE_CHECKING:
 
 
 def run(scenario=None, overrides: dict[str, Any] | list[str] | None = None, out=None, overwrite: bool = False,
-        quiet: bool = False, resume=None, stop_after: int | None = None) -> RunResult:
+        quiet: bool = False, resume=None, stop_after: int | None = None, report: str = "inline") -> RunResult:
     """Run a scenario (path, dict or Scenario) in train mode; returns summary, per-round records, run dir.
 
     `stop_after=N` stops after round N with a checkpoint; `resume=RUN_DIR` continues from its newest one.
+    `report`: "inline" (report.html written before returning), "background" (a detached process) or "off".
     """
     from fedsim.runtime.engine import run as _run
 
-    return _run(scenario, overrides, out, overwrite=overwrite, quiet=quiet, resume=resume, stop_after=stop_after)
+    return _run(scenario, overrides, out, overwrite=overwrite, quiet=quiet, resume=resume, stop_after=stop_after,
+                report=report)
 
 
 def estimate(scenario, overrides: dict[str, Any] | list[str] | None = None, out=None, overwrite: bool = False,

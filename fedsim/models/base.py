@@ -48,7 +48,8 @@ def _train_tokenizer(vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIALS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=list(SPECIALS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tasks = generate({f: 300 for f in FAMILIES}, seed=12345, name="tokenizer")
     corpus = pretraining_text(_RECIPE["tokenizer_lines"]) + tasks["prompt"] + tasks["response"]
@@ -57,6 +58,9 @@ def _train_tokenizer(vocab_size: int):
 
 
 def _build(arch: dict, steps: int, out: Path) -> None:
+    from fedsim.logs import quiet_libraries
+
+    quiet_libraries()  # before transformers is imported: no progress bars on stderr (a bad input stays one line)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
