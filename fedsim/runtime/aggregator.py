@@ -14,16 +14,20 @@ import numpy as np
 
 from fedsim.client_round import ClientResult, state_digest
 from fedsim.metrics.ledger import Ledger
-from fedsim.strategies.fedavg import OrderedFold, WeightedMean, apply_update
+from fedsim.strategies.fedavg import OrderedFold, WeightedMean
+from fedsim.strategies.server_opt import from_server_config
 
 
 class Aggregator:
     """Central server state (wrapped by `ray.remote`); one instance per run."""
 
-    def __init__(self, run_dir: str, global_state: dict[str, np.ndarray], server_lr: float,
-                 resume_rows: list[dict[str, Any]] | None = None):
+    def __init__(self, run_dir: str, global_state: dict[str, np.ndarray], server: dict[str, Any],
+                 resume_rows: list[dict[str, Any]] | None = None, opt_state: dict[str, Any] | None = None):
         self.global_state = {k: np.array(v, dtype=np.float32) for k, v in global_state.items()}
-        self.server_lr = server_lr
+        self.opt = from_server_config(server)
+        self.opt.restore(opt_state)
+        self.opt_states = {"current": self.opt.state(), "before": None}  # around the last finished round
+        self.finished = None
         self.ledger = Ledger(run_dir, resume_rows=resume_rows)
         self.begin(0)
 
@@ -53,7 +57,9 @@ class Aggregator:
 
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Apply the round's mean delta to the global adapter; return (global, round stats)."""
-        self.global_state = apply_update(self.global_state, self.deltas.mean(), self.server_lr)
+        before = self.opt.state()
+        self.global_state = self.opt.step(self.global_state, self.deltas.mean())
+        self.opt_states, self.finished = {"current": self.opt.state(), "before": before}, self.round
         ordered = [self.results[i] for i in sorted(self.results)]
         stats = {
             "aggregated": self.deltas.count,
@@ -66,6 +72,15 @@ class Aggregator:
             "global_sha": state_digest(self.global_state),
         }
         return self.global_state, stats
+
+    def server_state(self, rnd: int) -> dict[str, Any]:
+        """The server optimizer's state as it was when global version `rnd` was made (a checkpoint after round
+        `rnd`, or before round `rnd + 1` when that round is abandoned), as plain data."""
+        if self.finished in (None, rnd):
+            return self.opt_states["current"]
+        if self.finished == rnd + 1:
+            return self.opt_states["before"]
+        raise ValueError(f"no server-optimizer state for version {rnd} (last round finished: {self.finished})")
 
     def current(self) -> dict[str, np.ndarray]:
         """The global adapter now."""

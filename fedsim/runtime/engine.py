@@ -129,7 +129,8 @@ def run(
         rows = checkpoint.truncate_ledger(run_dir, state["round"])
     n = pool_size(ray, spec, s.runtime)
     con.log(f"{s.population.num_clients:,} virtual clients on {n} worker actor(s); base model {Path(model_dir).name}")
-    pool = Pool(ray, n, spec, dump(s), model_dir, data.spec, str(run_dir), (versions, rows) if state else None)
+    pool = Pool(ray, n, spec, dump(s), model_dir, data.spec, str(run_dir),
+                (versions, rows, state.get("server_opt")) if state else None)
     timing["pool_started"] = time.time()
     try:
         if state:
@@ -167,8 +168,8 @@ def run(
             con.update(row)
             if rnd == last or (s.runtime.checkpoint_every and rnd % s.runtime.checkpoint_every == 0):
                 pool.flush()
-                checkpoint.save(run_dir, rnd, {"schedule": schedule.state(), "totals": totals, "initial": initial},
-                                pool.version_states())
+                checkpoint.save(run_dir, rnd, {"schedule": schedule.state(), "totals": totals, "initial": initial,
+                                               "server_opt": pool.server_state(rnd)}, pool.version_states())
         timing["last_round"] = time.time()
         try:
             _write_adapter(run_dir / "adapter", pool.export_adapter())
@@ -225,8 +226,8 @@ def _abort(run_dir: Path, pool, rnd: int, before: tuple, initial: dict, lost: Ex
     try:
         pool.flush()
         initial = _resolved(pool, initial)
-        checkpoint.save(run_dir, rnd - 1, {"schedule": schedule_state, "totals": totals, "initial": initial},
-                        pool.version_states(versions))
+        checkpoint.save(run_dir, rnd - 1, {"schedule": schedule_state, "totals": totals, "initial": initial,
+                                           "server_opt": pool.server_state(rnd - 1)}, pool.version_states(versions))
         where = f"round {rnd - 1}"
     except Exception:  # noqa: BLE001 - the aggregator itself is gone: the newest regular checkpoint stands
         found = sorted((run_dir / "checkpoints").glob("round_*"), key=lambda p: int(p.name.split("_")[-1]))

@@ -43,9 +43,9 @@ class Pool:
     """N worker actors plus the aggregator actor of one run."""
 
     def __init__(self, ray, n: int, spec: ClusterSpec, scenario: dict, model_dir: str, data_spec, run_dir: str,
-                 resume: tuple[dict[int, dict], list[dict]] | None = None):
-        """Start the actors (without waiting for them); with `resume` = (global versions, kept round rows)
-        continue from a checkpoint."""
+                 resume: tuple[dict[int, dict], list[dict], dict | None] | None = None):
+        """Start the actors (without waiting for them); with `resume` = (global versions, kept round rows,
+        server-optimizer state) continue from a checkpoint."""
         self.ray = ray
         # A local Ray started by this process gives its workers our environment; a remote cluster needs it sent.
         env = {"runtime_env": {"env_vars": worker_env()}} if spec.address else {}
@@ -63,7 +63,8 @@ class Pool:
         self.aggregator = (
             ray.remote(Aggregator)
             .options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False), **env)
-            .remote(run_dir, versions[max(versions)], scenario["server"]["server_lr"], resume[1] if resume else None)
+            .remote(run_dir, versions[max(versions)], scenario["server"], resume[1] if resume else None,
+                    resume[2] if resume else None)
         )
         self.global_ref = self.aggregator.current.remote()
         # global versions still referenced by clients in flight
@@ -128,6 +129,10 @@ class Pool:
         if stats["received"] != len(tasks):  # defensive: every dispatched update must be accounted for
             raise WorkerLost(tasks[-1], f"{len(tasks) - stats['received']} update(s) never reached the aggregator")
         return stats
+
+    def server_state(self, rnd: int) -> dict:
+        """The server optimizer's state that goes with global version `rnd` (for a checkpoint)."""
+        return self.get(self.aggregator.server_state.remote(rnd))
 
     def version_states(self, versions: dict[int, Any] | None = None) -> dict[int, dict]:
         """The global versions still referenced (or those of `versions`), as arrays (for a checkpoint)."""

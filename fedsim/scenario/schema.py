@@ -164,6 +164,13 @@ class ServerConfig:
     async_: AsyncConfig = Field(default_factory=lambda: AsyncConfig(), alias="async")
     strategy: Literal["fedavg"] = "fedavg"
     server_lr: PosFloat = 1.0
+    # Server optimizer on the mean client delta (Reddi et al. 2021): sgd (FedAvg), momentum (FedAvgM), adagrad,
+    # adam, yogi; beta1/beta2/tau are the paper's defaults (0.9, 0.99, 1e-3).
+    optimizer: Literal["sgd", "momentum", "adagrad", "adam", "yogi"] = "sgd"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    tau: PosFloat = 1e-3
     eval_every: NonNegInt = 5  # 0: only initial and final evaluation
     retry_after_s: PosFloat = 60.0  # a round that finds nobody online waits this long before the next one
 

@@ -21,6 +21,7 @@ TINY = {
 }
 ASYNC = {"server.schedule": "async", "server.async": {"concurrency": 8, "buffer_size": 3, "max_staleness": 2},
          "server.rounds": 6, "server.eval_every": 3}
+ADAM = {"server.optimizer": "adam", "server.server_lr": 0.01}  # FedAdam (Reddi et al. 2021) on FedBuff steps
 MILLION = {"population.num_clients": 1_000_000, "server.rounds": 2, "server.eval_every": 0}
 TOPK = {"costs.upload_compression": "topk", "costs.topk_fraction": 0.25, "costs.transmit_dtype": "float16"}
 ROUND_KEYS = {"round", "sim_time_s", "duration_s", "selected", "completed", "dropped", "late", "ineligible",
@@ -39,13 +40,13 @@ def runs(tmp_path_factory):
         for workers in (1, 2):
             path = tmp_path_factory.mktemp(f"w{workers}")
             out[workers] = fedsim.run(TINY, {"runtime.num_workers": workers}, out=path / "run", quiet=True)
-        stop = fedsim.run(TINY, {"runtime.num_workers": 2, **ASYNC, "runtime.checkpoint_every": 2},
+        stop = fedsim.run(TINY, {"runtime.num_workers": 2, **ASYNC, **ADAM, "runtime.checkpoint_every": 2},
                           out=tmp_path_factory.mktemp("resumed") / "run", quiet=True, stop_after=4)
         out["stopped"] = stop.summary
         out["resumed"] = fedsim.run(resume=stop.run_dir, quiet=True)
         for name, workers, over in (("async1", 1, ASYNC), ("async2", 2, ASYNC), ("topk", 2, TOPK),
                                     ("local", 2, _local_model_and_file(tmp_path_factory.mktemp("data"))),
-                                    ("million", 2, MILLION)):
+                                    ("million", 2, MILLION), ("adam", 2, {**ASYNC, **ADAM})):
             out[name] = fedsim.run(TINY, {"runtime.num_workers": workers, **over},
                                    out=tmp_path_factory.mktemp(name) / "run", quiet=True)
         out["killed"], out["after_kill"] = _kill_a_worker_then_resume(tmp_path_factory.mktemp("killed") / "run")
@@ -62,7 +63,7 @@ def _cmdline(proc) -> list[str]:
 
 
 def _kill_a_worker_then_resume(run_dir):
-    """The async run with 2 workers, one worker process SIGKILLed while it trains a client: the run must stop
+    """The async FedAdam run with 2 workers, one worker process SIGKILLed while it trains a client: the run must stop
     with RunAborted (never finish with an update silently missing), leave a checkpoint, and resume from it
     (also across a torn rounds.jsonl line and a torn client-row part left by the crash)."""
     import os
@@ -97,7 +98,7 @@ def _kill_a_worker_then_resume(run_dir):
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     with pytest.raises(RunAborted) as aborted:
-        fedsim.run(TINY, {"runtime.num_workers": 2, **ASYNC}, out=run_dir, quiet=True)
+        fedsim.run(TINY, {"runtime.num_workers": 2, **ASYNC, **ADAM}, out=run_dir, quiet=True)
     thread.join()
     with open(run_dir / "rounds.jsonl", "a") as f:
         f.write('{"round": 99, "sim_time')  # a line torn by the crash
@@ -306,9 +307,10 @@ def test_local_model_directory_and_jsonl_dataset(runs):
 
 
 def test_stop_and_resume_continues_bit_for_bit(runs):
-    """Stopped after step 4 of 6 (async: clients in flight across the cut), resumed: same rows, same adapter."""
+    """Stopped after step 4 of 6 (async FedAdam: clients in flight and server moments across the cut), resumed:
+    same rows, same adapter."""
     assert runs["stopped"]["complete"] is False and runs["stopped"]["rounds"] == 4
-    resumed, straight = runs["resumed"], runs["async2"]
+    resumed, straight = runs["resumed"], runs["adam"]
     assert resumed.summary["complete"] is True
     _assert_same_run(resumed, straight)
     assert sorted(p.name for p in (resumed.run_dir / "checkpoints").iterdir()) == ["round_00004", "round_00006"]
@@ -348,7 +350,7 @@ def test_a_lost_worker_stops_the_run_with_a_checkpoint_and_resume_matches(runs):
     assert killed["killed"], "no worker process was caught training"
     msg = killed["message"]
     assert "worker actor was lost while training client" in msg and "fedsim run --resume" in msg and "\n" not in msg
-    resumed, straight = runs["after_kill"], runs["async2"]
+    resumed, straight = runs["after_kill"], runs["adam"]
     _assert_same_run(resumed, straight)
 
 
@@ -357,3 +359,11 @@ def test_resume_refuses_overrides(runs):
 
     with pytest.raises(ConfigError, match="--resume"):
         fedsim.run(resume=runs["resumed"].run_dir, overrides={"server.rounds": 9})
+
+
+def test_fedadam_moves_the_model_differently_and_learns(runs):
+    """Same clients, same updates in step 1; FedAdam's normalised step differs from FedAvg's from step 1 on."""
+    adam, avg = _rounds(runs["adam"]), _rounds(runs["async2"])
+    assert [r["completed"] for r in adam] == [r["completed"] for r in avg]  # the schedule does not depend on it
+    assert adam[0]["global_sha"] != avg[0]["global_sha"]
+    assert runs["adam"].summary["final_eval_loss"] < runs["adam"].summary["initial_eval_loss"]

@@ -3,7 +3,10 @@ import itertools
 import numpy as np
 import pytest
 
+from fedsim.scenario import dump, load
 from fedsim.strategies.fedavg import OrderedFold, WeightedMean, apply_update
+
+SERVER = dump(load({}))["server"]  # the default server section (FedAvg, lr 1)
 
 
 def test_weighted_mean_by_hand():
@@ -62,7 +65,7 @@ def test_non_finite_updates_are_quarantined_not_folded(tmp_path):
     from fedsim.runtime.aggregator import Aggregator
 
     g = {"w": np.zeros(2, np.float32)}
-    agg = Aggregator(str(tmp_path), g, server_lr=1.0)
+    agg = Aggregator(str(tmp_path), g, SERVER)
     agg.begin(1)
     agg.put(1, 1.0, 1.0, ClientResult(5, 1, 4, float("nan"), "x", False), {"w": np.full(2, np.nan, np.float32)})
     agg.put(0, 1.0, 1.0, ClientResult(4, 1, 4, 0.5, "x", True), {"w": np.array([1.0, 2.0], np.float32)})
@@ -82,7 +85,7 @@ def test_an_update_that_overflows_the_wire_format_is_quarantined(tmp_path):
 
     sent = {"w": compress(np.array([1e5, 1.0], np.float32), "float16", "none", 1.0)}
     assert not np.isfinite(sent["w"]).all()
-    agg = Aggregator(str(tmp_path), {"w": np.zeros(2, np.float32)}, server_lr=1.0)
+    agg = Aggregator(str(tmp_path), {"w": np.zeros(2, np.float32)}, SERVER)
     agg.begin(1)
     agg.put(0, 1.0, 1.0, ClientResult(1, 1, 4, 0.5, "x", True), sent)
     new, stats = agg.finish()

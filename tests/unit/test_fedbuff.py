@@ -6,7 +6,7 @@ import pytest
 from fedsim import catalog
 from fedsim.costs.profile import build_profile
 from fedsim.population import sample
-from fedsim.scenario import load
+from fedsim.scenario import dump, load
 from fedsim.schedules import STATUSES, FedBuffSchedule, make_schedule
 from fedsim.schedules.fedbuff import staleness_weight
 from tests.unit.test_costs import SHAPE
@@ -15,6 +15,9 @@ ASYNC = {"server.schedule": "async", "population.num_clients": 300, "server.roun
          "server.async": {"concurrency": 12, "buffer_size": 4, "max_staleness": 2},
          "population.dropout": 0.15, "population.compute_sigma": 1.2,
          "population.hazard_per_hour": {"upload": 2.0}, "population.devices": {"phone-budget": 0.5, "laptop": 0.5}}
+
+
+SERVER = dump(load({}))["server"]  # the default server section (FedAvg, lr 1)
 
 
 def _run(**over):
@@ -151,7 +154,7 @@ def test_fedbuff_step_is_not_renormalised_by_the_staleness_discount(tmp_path):
     steps = {}
     for staleness in (0, 3):
         (tmp_path / str(staleness)).mkdir()
-        agg = Aggregator(str(tmp_path / str(staleness)), {"d": np.zeros(2, np.float32)}, server_lr=1.0)
+        agg = Aggregator(str(tmp_path / str(staleness)), {"d": np.zeros(2, np.float32)}, SERVER)
         agg.begin(1)
         w = float(staleness_weight(cfg, np.array([staleness]))[0])
         for seq, x in enumerate(([2.0, 0.0], [0.0, 4.0])):
