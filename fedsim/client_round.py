@@ -24,6 +24,7 @@ class ClientTask:
     dispatch: int  # unique per dispatch (sync: the round; async: the dispatch sequence): keys its random streams
     version: int  # global adapter version it trains from
     rows: np.ndarray  # its data rows (`ClientData.client_rows`): ids, never the data itself
+    proximal_mu: float = 0.0  # FedProx's mu for this client's local objective (0: plain local training)
 
 
 @dataclass(frozen=True)

@@ -69,21 +69,30 @@ def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32
     return LocalModel(model, [n for n, _ in named], [p for _, p in named], device)
 
 
+def proximal_term(params: list, anchors: list, mu: float):
+    """FedProx's proximal term (Li et al. 2020, "Federated Optimization in Heterogeneous Networks", eq. 2):
+    mu/2 * sum ||w - w^t||^2 over the trainable parameters, w^t the global model the client received. Its
+    gradient mu (w - w^t) pulls local training back towards the global model."""
+    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
+
+
 def train_client(
     lm: LocalModel, global_state: dict[str, np.ndarray], input_ids: np.ndarray, labels: np.ndarray,
-    cfg: TrainingConfig, seed: int, dispatch: int, client: int,
+    cfg: TrainingConfig, seed: int, dispatch: int, client: int, proximal_mu: float = 0.0,
 ) -> tuple[dict[str, np.ndarray], float]:
     """Run cfg.local_steps optimizer steps from `global_state` on one client's rows; return (delta, mean loss).
 
     `input_ids`/`labels` are the client's own rows. Batches come from its own seeded stream (seed, "data",
     dispatch, client), torch's dropout/init randomness from (seed, "torch", dispatch, client): the same
     dispatch of the same client sees the same batches on any worker, and two dispatches of one client (async)
-    do not repeat each other's draws.
+    do not repeat each other's draws. `proximal_mu` > 0 adds FedProx's proximal term to the objective (the
+    reported loss is the task loss alone).
     """
     import torch
 
     torch.manual_seed(seed_int(seed, "torch", dispatch, client))
     lm.set_state(global_state)
+    anchors = [p.detach().clone() for p in lm.params] if proximal_mu > 0 else []
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.SGD
     opt = opt_cls(lm.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = stream(seed, "data", dispatch, client)
@@ -95,7 +104,8 @@ def train_client(
     for step in range(cfg.local_steps):
         idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
         loss = lm.model(input_ids=lm.batch(input_ids[idx]), labels=lm.batch(labels[idx])).loss
-        loss.backward()
+        objective = loss + proximal_term(lm.params, anchors, proximal_mu) if proximal_mu > 0 else loss
+        objective.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))

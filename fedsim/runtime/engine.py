@@ -146,7 +146,7 @@ def run(
             t_round = time.perf_counter()
             before = (copy.deepcopy(schedule.state()), dict(pool.versions), copy.deepcopy(totals))
             plan = schedule.next_round(rnd)
-            tasks = [ClientTask(int(c), rnd, int(d), int(v), data.client_rows(int(c)))
+            tasks = [ClientTask(int(c), rnd, int(d), int(v), data.client_rows(int(c)), s.training.proximal_mu)
                      for c, d, v in zip(plan.to_train, plan.train_dispatch, plan.train_versions)]
             timing.setdefault("first_dispatch", time.time())
             due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)

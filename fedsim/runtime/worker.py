@@ -93,7 +93,7 @@ class Worker:
             return ClientResult(task.client, task.dispatch, 0, math.nan, trained_from, False, dropped), {}
         received = {k: cast(v, c.transmit_dtype) for k, v in global_state.items()}
         delta, loss = train_client(self.lm, received, ids, labels, self.s.training, self.s.seed, task.dispatch,
-                                   task.client)
+                                   task.client, task.proximal_mu)
         sent = {k: compress(v, c.transmit_dtype, c.upload_compression, c.topk_fraction) for k, v in delta.items()}
         # what the server would fold: a float16 wire format overflows to inf above 65504
         finite = math.isfinite(loss) and all(np.isfinite(v).all() for v in sent.values())

@@ -87,6 +87,8 @@ class TrainingConfig:
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: NonNegFloat = 0.0
     gradient_checkpointing: bool = False
+    # FedProx (Li et al. 2020): mu/2 ||w - w_global||^2 added to every client's local objective; 0 = FedAvg
+    proximal_mu: NonNegFloat = 0.0
 
 
 @dataclass(frozen=True, config=_CFG)
