@@ -58,7 +58,7 @@ def bare_loop(scenario, plan_rows, threads: int) -> tuple[float, list[float]]:
             ids, labels, _ = reader.client(c, data.client_rows(c))
             delta, _ = train_client(lm, state, ids, labels, s.training, s.seed, rnd, c)  # sync: dispatch = round
             mean.add(float(len(ids)), delta)
-        state = apply_update(state, mean.mean(), s.server.server_lr)
+        state = apply_update(state, mean.mean(), 1.0)  # the quickstart's server: FedAvg
         if rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0):
             evaluate(lm, state, eids, elabels)
         per_round.append(time.perf_counter() - t)

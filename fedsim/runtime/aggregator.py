@@ -22,12 +22,13 @@ class Aggregator:
     """Central server state (wrapped by `ray.remote`); one instance per run."""
 
     def __init__(self, run_dir: str, global_state: dict[str, np.ndarray], server: dict[str, Any],
-                 resume_rows: list[dict[str, Any]] | None = None, opt_state: dict[str, Any] | None = None):
+                 resume_rows: list[dict[str, Any]] | None = None, opt_state: dict[str, Any] | None = None,
+                 version: int = 0):
         self.global_state = {k: np.array(v, dtype=np.float32) for k, v in global_state.items()}
         self.opt = from_server_config(server)
         self.opt.restore(opt_state)
         self.opt_states = {"current": self.opt.state(), "before": None}  # around the last finished round
-        self.finished = None
+        self.finished = version  # the global version the run (re)starts from
         self.ledger = Ledger(run_dir, resume_rows=resume_rows)
         self.begin(0)
 
@@ -76,7 +77,7 @@ class Aggregator:
     def server_state(self, rnd: int) -> dict[str, Any]:
         """The server optimizer's state as it was when global version `rnd` was made (a checkpoint after round
         `rnd`, or before round `rnd + 1` when that round is abandoned), as plain data."""
-        if self.finished in (None, rnd):
+        if self.finished == rnd:
             return self.opt_states["current"]
         if self.finished == rnd + 1:
             return self.opt_states["before"]

@@ -2,7 +2,8 @@
 
 Random draws come from named streams keyed by (seed, name, round, client, ...), so there is no RNG state to
 save: a checkpoint holds the schedule's state (virtual clock with its pending events, counters, clients in
-flight), the global adapter versions still referenced, the per-device totals so far, and the initial
+flight), the global adapter versions still referenced (npz), the server optimizer's state that goes with the
+checkpoint's version (float64 moments, in state.pkl), the per-device totals so far, and the initial
 evaluation. It holds no round rows: those are in rounds.jsonl, and `truncate_ledger` returns them when it cuts
 the ledger (rounds.jsonl, client rows, TensorBoard) back to the checkpoint's round on resume, so a checkpoint's
 size does not grow with the rounds and nothing after it is counted twice.

@@ -229,7 +229,9 @@ def _abort(run_dir: Path, pool, rnd: int, before: tuple, initial: dict, lost: Ex
         checkpoint.save(run_dir, rnd - 1, {"schedule": schedule_state, "totals": totals, "initial": initial,
                                            "server_opt": pool.server_state(rnd - 1)}, pool.version_states(versions))
         where = f"round {rnd - 1}"
-    except Exception:  # noqa: BLE001 - the aggregator itself is gone: the newest regular checkpoint stands
+    except Exception as exc:  # noqa: BLE001 - the aggregator itself is gone: the newest regular checkpoint stands
+        if isinstance(getattr(exc, "cause", None), ValueError):
+            raise  # fedsim's own inconsistency, not a lost process: say so
         found = sorted((run_dir / "checkpoints").glob("round_*"), key=lambda p: int(p.name.split("_")[-1]))
         where = f"round {int(found[-1].name.split('_')[-1])}" if found else None
     what = str(lost) if isinstance(lost, RuntimeError) and not hasattr(lost, "cause") else _one_line(lost)

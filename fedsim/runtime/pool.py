@@ -64,7 +64,7 @@ class Pool:
             ray.remote(Aggregator)
             .options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False), **env)
             .remote(run_dir, versions[max(versions)], scenario["server"], resume[1] if resume else None,
-                    resume[2] if resume else None)
+                    resume[2] if resume else None, max(versions))
         )
         self.global_ref = self.aggregator.current.remote()
         # global versions still referenced by clients in flight

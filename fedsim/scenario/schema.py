@@ -165,7 +165,9 @@ class ServerConfig:
     # "async" is FedBuff (Nguyen et al. 2022): `rounds` counts server aggregations.
     async_: AsyncConfig = Field(default_factory=lambda: AsyncConfig(), alias="async")
     strategy: Literal["fedavg"] = "fedavg"
-    server_lr: PosFloat = 1.0
+    # None: 1 for sgd (FedAvg), 1 - momentum for momentum (effective rate lr / (1 - momentum) = 1, as Hsu et al.
+    # 2019 keep it), 1e-2 for adagrad/adam/yogi (whose steps are ~lr per coordinate; Reddi et al. 2021 tune it).
+    server_lr: PosFloat | None = None
     # Server optimizer on the mean client delta (Reddi et al. 2021): sgd (FedAvg), momentum (FedAvgM), adagrad,
     # adam, yogi; beta1/beta2/tau are the paper's defaults (0.9, 0.99, 1e-3).
     optimizer: Literal["sgd", "momentum", "adagrad", "adam", "yogi"] = "sgd"

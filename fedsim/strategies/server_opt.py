@@ -75,7 +75,15 @@ class ServerOptimizer:
         return {k: (a + self.lr * m[k] / (np.sqrt(v[k]) + self.tau)).astype(a.dtype) for k, a in x.items()}
 
 
+def default_lr(kind: str, momentum: float) -> float:
+    """The server learning rate when the scenario gives none: FedAvg's 1; 1 - momentum for FedAvgM (effective
+    rate 1, Hsu et al. 2019); 1e-2 for the adaptive optimizers, whose first steps are ~lr per coordinate."""
+    return {"sgd": 1.0, "momentum": 1.0 - momentum}.get(kind, 1e-2)
+
+
 def from_server_config(server: dict[str, Any]) -> ServerOptimizer:
     """The optimizer a scenario's resolved `server` section names."""
-    return ServerOptimizer(server["optimizer"], server["server_lr"], server["momentum"], server["beta1"],
-                           server["beta2"], server["tau"])
+    lr = server["server_lr"] if server["server_lr"] is not None else default_lr(server["optimizer"],
+                                                                                 server["momentum"])
+    return ServerOptimizer(server["optimizer"], lr, server["momentum"], server["beta1"], server["beta2"],
+                           server["tau"])

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from fedsim.strategies.fedavg import apply_update
 from fedsim.strategies.server_opt import ServerOptimizer
 
 X = {"w": np.array([1.0, -2.0], np.float32)}
@@ -16,9 +15,9 @@ def _two_steps(opt):
     return x1, opt.step(x1, D2)
 
 
-def test_sgd_is_fedavg_bit_for_bit():
+def test_sgd_is_fedavg():
     opt = ServerOptimizer("sgd", lr=1.0)
-    assert np.array_equal(opt.step(X, D1)["w"], apply_update(X, D1, 1.0)["w"])
+    np.testing.assert_array_equal(opt.step(X, D1)["w"], np.array([1.5, -2.1], np.float32))  # x + Delta
     assert opt.step(X, None) is X  # a round without updates leaves the model and the state alone
 
 
@@ -30,35 +29,76 @@ def test_fedavgm_by_hand():
 
 
 def test_fedadam_by_hand():
-    # tau = 0.01, b1 = .9, b2 = .99, eta = .1; v_{-1} = tau^2 = 1e-4, m_{-1} = 0
-    # m1 = .1 D1 = [.05, -.01]; v1 = .99e-4 + .01 D1^2 = [.0025990, .0001990]
-    # x1 = x + .1 m1 / (sqrt(v1) + .01)
-    tau, eta = 0.01, 0.1
-    m1 = 0.1 * np.array([0.5, -0.1])
-    v1 = 0.99 * tau**2 + 0.01 * np.array([0.25, 0.01])
-    x1_ref = np.array([1.0, -2.0]) + eta * m1 / (np.sqrt(v1) + tau)
-    m2 = 0.9 * m1 + 0.1 * np.array([-0.2, 0.3])
-    v2 = 0.99 * v1 + 0.01 * np.array([0.04, 0.09])
-    x2_ref = x1_ref.astype(np.float32) + eta * m2 / (np.sqrt(v2) + tau)
-    np.testing.assert_allclose(v1, [0.0025990, 0.0001990], rtol=1e-6)  # the numbers in the comment
-    x1, x2 = _two_steps(ServerOptimizer("adam", lr=eta, beta1=0.9, beta2=0.99, tau=tau))
-    np.testing.assert_allclose(x1["w"], x1_ref, rtol=1e-6)
-    np.testing.assert_allclose(x2["w"], x2_ref, rtol=1e-6)
+    # tau = .01, b1 = .9, b2 = .99, eta = .1; m_{-1} = 0, v_{-1} = tau^2 = 1e-4
+    # m1 = .1 D1 = [.05, -.01]; v1 = .99e-4 + .01 D1^2 = [.002599, .000199]
+    # x1 = 1 + .1 * .05 / (sqrt(.002599) + .01) = 1 + .005 / .060980 = 1.081994
+    #      -2 + .1 * -.01 / (sqrt(.000199) + .01) = -2 - .001 / .024107 = -2.041482
+    # m2 = .9 m1 + .1 D2 = [.025, .021]; v2 = .99 v1 + .01 D2^2 = [.00297301, .00109701]
+    opt = ServerOptimizer("adam", lr=0.1, beta1=0.9, beta2=0.99, tau=0.01)
+    x1 = opt.step(X, D1)
+    np.testing.assert_allclose(opt.slots["m"]["w"], [0.05, -0.01], rtol=1e-12)
+    np.testing.assert_allclose(opt.slots["v"]["w"], [0.002599, 0.000199], rtol=1e-12)
+    np.testing.assert_allclose(x1["w"], [1.081994, -2.041482], rtol=1e-6)
+    x2 = opt.step(x1, D2)
+    np.testing.assert_allclose(opt.slots["m"]["w"], [0.025, 0.021], rtol=1e-12)
+    np.testing.assert_allclose(opt.slots["v"]["w"], [0.00297301, 0.00109701], rtol=1e-9)
+    np.testing.assert_allclose(x2["w"], [1.120738, -1.992782], rtol=1e-6)
     assert x2["w"].dtype == np.float32
 
 
-def test_fedyogi_and_fedadagrad_second_moments_by_hand():
-    tau = 0.01
-    yogi = ServerOptimizer("yogi", lr=0.1, tau=tau)
-    yogi.step(X, D1)
-    # v_{-1} = 1e-4 < D1^2 = [.25, .01]: sign(v - D^2) = -1, so v grows: v1 = 1e-4 + .01 D1^2
-    np.testing.assert_allclose(yogi.slots["v"]["w"], 1e-4 + 0.01 * np.array([0.25, 0.01]))
-    yogi.step(X, {"w": np.array([0.0, 0.0])})  # D^2 = 0 < v: v shrinks by nothing (0 * sign)
-    np.testing.assert_allclose(yogi.slots["v"]["w"], 1e-4 + 0.01 * np.array([0.25, 0.01]))
-    ada = ServerOptimizer("adagrad", lr=0.1, tau=tau)
-    ada.step(X, D1)
-    ada.step(X, D2)
-    np.testing.assert_allclose(ada.slots["v"]["w"], 1e-4 + np.array([0.25 + 0.04, 0.01 + 0.09]))
+def test_fedyogi_grows_and_shrinks_v_by_the_sign_rule():
+    opt = ServerOptimizer("yogi", lr=0.1, beta2=0.99, tau=0.01)
+    x1 = opt.step(X, D1)
+    # v_{-1} = 1e-4 < D1^2 = [.25, .01]: sign(v - D^2) = -1, v grows: v1 = 1e-4 + .01 D1^2 = [.0026, .0002]
+    np.testing.assert_allclose(opt.slots["v"]["w"], [0.0026, 0.0002], rtol=1e-12)
+    np.testing.assert_allclose(x1["w"], [1.0819803, -2.0414214], rtol=1e-6)  # 1 + .005/(.05099+.01), ...
+    opt.step(x1, {"w": np.array([0.02, 0.01])})
+    # now D^2 = [4e-4, 1e-4] < v: v shrinks by (1 - b2) D^2: [.0026 - 4e-6, .0002 - 1e-6] (Adam would not)
+    np.testing.assert_allclose(opt.slots["v"]["w"], [0.002596, 0.000199], rtol=1e-12)
+
+
+def test_fedadagrad_accumulates_squares():
+    opt = ServerOptimizer("adagrad", lr=0.1, tau=0.01)
+    x1 = opt.step(X, D1)
+    opt.step(x1, D2)
+    np.testing.assert_allclose(opt.slots["v"]["w"], [1e-4 + 0.25 + 0.04, 1e-4 + 0.01 + 0.09], rtol=1e-12)
+    # x1 = x + .1 * (.1 D1) / (sqrt(1e-4 + D1^2) + .01): 1 + .005 / (.5001 + .01) = 1.0098020
+    np.testing.assert_allclose(x1["w"], [1.0098020, -2.0098020 + 0.0098020 - 0.001 / (0.1004988 + 0.01)],
+                               rtol=1e-6)
+
+
+def test_server_defaults_keep_the_first_step_near_fedavg():
+    from fedsim.strategies.server_opt import default_lr
+
+    assert default_lr("sgd", 0.9) == 1.0 and default_lr("momentum", 0.9) == pytest.approx(0.1)
+    assert default_lr("adam", 0.9) == 1e-2
+
+
+def test_the_aggregator_keeps_the_state_that_goes_with_each_version(tmp_path):
+    """Checkpoint after round r: the state after step r; a round abandoned after its step: the state before."""
+    from fedsim.client_round import ClientResult
+    from fedsim.runtime.aggregator import Aggregator
+    from fedsim.scenario import dump, load
+
+    server = dump(load({}, {"server.optimizer": "adam"}))["server"]
+    agg = Aggregator(str(tmp_path), {"w": np.zeros(2, np.float32)}, server)
+    states = {0: agg.server_state(0)}
+    for rnd, delta in ((1, [0.5, -0.1]), (2, [-0.2, 0.3])):
+        agg.begin(rnd)
+        agg.put(0, 1.0, 1.0, ClientResult(1, rnd, 4, 0.5, "-", True), {"w": np.array(delta, np.float32)})
+        agg.finish()
+        states[rnd] = agg.server_state(rnd)
+    assert [states[r]["steps"] for r in (0, 1, 2)] == [0, 1, 2]
+    before = agg.server_state(1)  # round 2 abandoned after its step: the checkpoint of round 1 gets this
+    assert before["steps"] == 1
+    np.testing.assert_allclose(before["slots"]["m"]["w"], [0.05, -0.01], rtol=1e-6)  # (1 - b1) * D1
+    np.testing.assert_allclose(states[2]["slots"]["m"]["w"], [0.025, 0.021], rtol=1e-6)  # .9 m1 + .1 D2
+    with pytest.raises(ValueError):
+        agg.server_state(0)  # two steps ago: not kept
+    agg.begin(3)
+    agg.finish()  # a round without updates takes no step
+    assert agg.server_state(3)["steps"] == agg.server_state(2)["steps"] == 2
+    agg.close()
 
 
 @pytest.mark.parametrize("kind", ["momentum", "adagrad", "adam", "yogi"])
