@@ -15,6 +15,7 @@ import numpy as np
 from fedsim.client_round import ClientResult, state_digest
 from fedsim.metrics.ledger import Ledger
 from fedsim.strategies.fedavg import OrderedFold, WeightedMean
+from fedsim.strategies.robust import clip_norm, combine
 from fedsim.strategies.server_opt import from_server_config
 
 
@@ -25,6 +26,7 @@ class Aggregator:
                  resume_rows: list[dict[str, Any]] | None = None, opt_state: dict[str, Any] | None = None,
                  version: int = 0):
         self.global_state = {k: np.array(v, dtype=np.float32) for k, v in global_state.items()}
+        self.server = server
         self.opt = from_server_config(server)
         self.opt.restore(opt_state)
         self.opt_states = {"current": self.opt.state(), "before": None}  # around the last finished round
@@ -36,6 +38,8 @@ class Aggregator:
         """Start collecting the updates of round `rnd`."""
         self.round = rnd
         self.deltas = WeightedMean()
+        self.held: list[dict[str, np.ndarray]] = []  # a robust rule's round: every update, in fold order
+        self.clipped = 0
         self.results: dict[int, ClientResult] = {}
         self.loss_sum = 0.0
         self.loss_weight = 0.0
@@ -47,6 +51,11 @@ class Aggregator:
         self.results[seq] = result
         if not result.finite or weight <= 0:
             return
+        if self.server["clip_norm"] is not None:
+            delta, clipped = clip_norm(delta, self.server["clip_norm"])
+            self.clipped += clipped
+        if self.server["aggregation"] != "mean":
+            self.held.append(delta)  # robust rules combine unweighted, as their papers define them
         self.deltas.add(weight * result.num_samples, delta, norm * result.num_samples)
         self.loss_sum += norm * result.num_samples * result.loss
         self.loss_weight += norm * result.num_samples
@@ -59,13 +68,17 @@ class Aggregator:
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Apply the round's mean delta to the global adapter; return (global, round stats)."""
         before = self.opt.state()
-        self.global_state = self.opt.step(self.global_state, self.deltas.mean())
+        s = self.server
+        combined = self.deltas.mean() if s["aggregation"] == "mean" or not self.held else combine(
+            s["aggregation"], self.held, s["trim_fraction"], s["krum_byzantine"], s["krum_select"])
+        self.global_state = self.opt.step(self.global_state, combined)
         self.opt_states, self.finished = {"current": self.opt.state(), "before": before}, self.round
         ordered = [self.results[i] for i in sorted(self.results)]
         stats = {
             "aggregated": self.deltas.count,
             "received": len(ordered),
             "quarantined": sum(not r.finite for r in ordered),
+            "clipped": self.clipped,
             "rows_dropped": sum(r.rows_dropped for r in ordered),
             "train_loss": self.loss_sum / self.loss_weight if self.loss_weight else None,
             "results": ordered,

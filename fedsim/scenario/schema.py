@@ -171,6 +171,14 @@ class ServerConfig:
     # Server optimizer on the mean client delta (Reddi et al. 2021): sgd (FedAvg), momentum (FedAvgM), adagrad,
     # adam, yogi; beta1/beta2/tau are the paper's defaults (0.9, 0.99, 1e-3).
     optimizer: Literal["sgd", "momentum", "adagrad", "adam", "yogi"] = "sgd"
+    # How a round's updates combine: the sample-weighted mean (streaming, memory O(adapter)) or a robust rule
+    # that holds the round's updates (O(cohort x adapter)): coordinate-wise median or trimmed mean (Yin et al.
+    # 2018), (multi-)Krum (Blanchard et al. 2017); clip_norm bounds each update's L2 norm first (any rule).
+    aggregation: Literal["mean", "median", "trimmed_mean", "krum"] = "mean"
+    trim_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
+    krum_byzantine: NonNegInt = 1  # f: the Byzantine clients Krum's scores allow for
+    krum_select: PosInt = 1  # m: multi-Krum averages the m best-scored updates (1: Krum)
+    clip_norm: PosFloat | None = None
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
