@@ -60,6 +60,7 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
         "staleness_max": int(c["staleness"][used].max()) if used.any() else None,
         "quarantined": int(stats.get("quarantined", 0)),
         "clipped": int(stats.get("clipped", 0)),
+        "robust_fallback": bool(stats.get("robust_fallback", False)),
         "rows_dropped": int(stats.get("rows_dropped", 0)),
         "train_loss": stats.get("train_loss"),
         "eval_loss": eval_loss,

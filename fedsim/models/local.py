@@ -73,7 +73,7 @@ def proximal_term(params: list, anchors: list, mu: float):
     """FedProx's proximal term (Li et al. 2020, "Federated Optimization in Heterogeneous Networks", eq. 2):
     mu/2 * sum ||w - w^t||^2 over the trainable parameters, w^t the global model the client received. Its
     gradient mu (w - w^t) pulls local training back towards the global model."""
-    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
+    return 0.5 * mu * sum(((p.float() - a.float()) ** 2).sum() for p, a in zip(params, anchors))
 
 
 def train_client(

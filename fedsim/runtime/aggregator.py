@@ -1,6 +1,7 @@
 """The aggregator actor: owns the global adapter, folds client updates in as they arrive, keeps the ledger.
 
-Updates stream in (memory O(adapter), see `fedsim.strategies.fedavg`); they are folded in the clock's arrival
+Updates stream in (memory O(adapter), see `fedsim.strategies.fedavg`; a robust rule holds the round's
+updates instead, O(cohort x adapter), see `fedsim.strategies.robust`); they are folded in the clock's arrival
 order whatever order they physically arrive in, so the result is bit-identical for any number of workers. A
 non-finite or empty update is quarantined (counted, never folded): one NaN must not poison the global model.
 """
@@ -54,8 +55,9 @@ class Aggregator:
         if self.server["clip_norm"] is not None:
             delta, clipped = clip_norm(delta, self.server["clip_norm"])
             self.clipped += clipped
-        if self.server["aggregation"] != "mean":
-            self.held.append(delta)  # robust rules combine unweighted, as their papers define them
+        if self.server["aggregation"] != "mean":  # robust rules combine unweighted, as their papers define them,
+            scale = weight / norm  # but a FedBuff update keeps its staleness discount (1 in sync rounds)
+            self.held.append(delta if scale == 1 else {k: v * scale for k, v in delta.items()})
         self.deltas.add(weight * result.num_samples, delta, norm * result.num_samples)
         self.loss_sum += norm * result.num_samples * result.loss
         self.loss_weight += norm * result.num_samples
@@ -69,8 +71,10 @@ class Aggregator:
         """Apply the round's mean delta to the global adapter; return (global, round stats)."""
         before = self.opt.state()
         s = self.server
-        combined = self.deltas.mean() if s["aggregation"] == "mean" or not self.held else combine(
-            s["aggregation"], self.held, s["trim_fraction"], s["krum_byzantine"], s["krum_select"])
+        combined, fallback = self.deltas.mean(), False
+        if s["aggregation"] != "mean" and self.held:
+            combined, fallback = combine(s["aggregation"], self.held, s["trim_fraction"], s["krum_byzantine"],
+                                         s["krum_select"])
         self.global_state = self.opt.step(self.global_state, combined)
         self.opt_states, self.finished = {"current": self.opt.state(), "before": before}, self.round
         ordered = [self.results[i] for i in sorted(self.results)]
@@ -79,6 +83,7 @@ class Aggregator:
             "received": len(ordered),
             "quarantined": sum(not r.finite for r in ordered),
             "clipped": self.clipped,
+            "robust_fallback": bool(fallback),
             "rows_dropped": sum(r.rows_dropped for r in ordered),
             "train_loss": self.loss_sum / self.loss_weight if self.loss_weight else None,
             "results": ordered,

@@ -100,6 +100,7 @@ def _check(s: Scenario, raw: dict[str, Any], base: Path) -> dict[str, Any]:
         )
     if not s.peft.target_modules:
         raise ConfigError("peft.target_modules", "expected at least one module name (or [all-linear])")
+    _check_robust_rule(s)
     if s.data.samples_per_client.min > s.data.samples_per_client.max:
         raise ConfigError("data.samples_per_client.min", "must be <= data.samples_per_client.max")
     for key, name in (("model.name", s.model.name), ("model.cost_as", s.model.cost_as)):
@@ -189,6 +190,20 @@ def _si_bytes(n: float) -> str:
     while n >= 999.5 and i < len(units) - 1:
         n, i = n / 1000, i + 1
     return f"{n:.1f} {units[i]}" if i and n < 9.95 else f"{n:.0f} {units[i]}"
+
+
+def _check_robust_rule(s: Scenario) -> None:
+    """A robust rule must be able to act on a full round: Krum needs n >= 2f + 3 updates (Blanchard et al.
+    2017), a trimmed mean must trim at least one update from each side."""
+    sv = s.server
+    n, what = (sv.async_.buffer_size, "server.async.buffer_size") if sv.schedule == "async" else \
+        (sv.clients_per_round, "server.clients_per_round")
+    if sv.aggregation == "krum" and n < 2 * sv.krum_byzantine + 3:
+        raise ConfigError("server.krum_byzantine", f"Krum with f = {sv.krum_byzantine} needs rounds of at least "
+                                                   f"{2 * sv.krum_byzantine + 3} updates; {what} is {n}")
+    if sv.aggregation == "trimmed_mean" and sv.trim_fraction > 0 and math.floor(sv.trim_fraction * n) == 0:
+        raise ConfigError("server.trim_fraction", f"{sv.trim_fraction} of {n} updates ({what}) trims none; "
+                                                  f"use at least {1 / n:.3g}")
 
 
 def load_cluster(name: str) -> ClusterSpec:

@@ -68,12 +68,18 @@ def krum(updates: list[Tensors], f: int, m: int = 1) -> tuple[Tensors, np.ndarra
     return {k: np.mean(_stack([updates[i] for i in chosen], k), axis=0) for k in updates[0]}, chosen
 
 
-def combine(rule: str, updates: list[Tensors], trim: float = 0.1, byzantine: int = 1, select: int = 1) -> Tensors:
-    """The robust rule a scenario names (`median`, `trimmed_mean`, `krum`) over one round's updates."""
-    if rule == "median":
-        return median(updates)
+def combine(rule: str, updates: list[Tensors], trim: float = 0.1, byzantine: int = 1,
+            select: int = 1) -> tuple[Tensors, bool]:
+    """The robust rule a scenario names (`median`, `trimmed_mean`, `krum`) over one round's updates; returns
+    (combined update, whether it fell back to the median). A round short of updates (failures, quarantine)
+    falls back to the coordinate-wise median where Krum's guarantee (n >= 2f + 3) or the trimming (at least one
+    update cut from each side) would not hold; multi-Krum averages at most n - f updates."""
+    n = len(updates)
+    if rule == "median" or (rule == "krum" and n < 2 * byzantine + 3) or \
+            (rule == "trimmed_mean" and trim > 0 and math.floor(trim * n) == 0):
+        return median(updates), rule != "median"
     if rule == "trimmed_mean":
-        return trimmed_mean(updates, trim)
+        return trimmed_mean(updates, trim), False
     if rule == "krum":
-        return krum(updates, byzantine, select)[0]
+        return krum(updates, byzantine, min(select, n - byzantine))[0], False
     raise ValueError(f"unknown robust rule {rule!r}")

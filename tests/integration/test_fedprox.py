@@ -35,3 +35,25 @@ def test_the_proximal_term_keeps_local_training_near_the_global_model():
         assert np.isfinite(loss)
     assert norms[0.0] > norms[0.5] > norms[1.5] > 0
     assert norms[1.5] < 0.6 * norms[0.0]
+
+
+def test_the_worker_trains_with_the_mu_its_task_carries():
+    """The contract's wiring: a ClientTask with proximal_mu reaches the local objective (no Ray: the worker
+    class itself)."""
+    from fedsim.client_round import ClientTask
+    from fedsim.runtime.worker import Worker
+    from fedsim.scenario import dump
+
+    s = load({}, {"training.local_steps": 4, "training.optimizer": "sgd", "training.lr": 0.5})
+    model_dir = str(ensure_base_model(s.model))
+    data = prepare_data(s, model_dir, log=lambda _: None)
+    worker = Worker(dump(s), model_dir, data.spec)
+    assert worker.ready() is None
+    start = worker.initial_state()
+    norms = []
+    for mu in (0.0, 1.5):
+        task = ClientTask(7, 1, 1, 0, data.client_rows(7), proximal_mu=mu)
+        result, update = worker.train(task, start)
+        assert result.finite and result.client == 7
+        norms.append(float(np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in update.values()))))
+    assert norms[1] < 0.6 * norms[0]

@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
         for name, workers, over in (("async1", 1, ASYNC), ("async2", 2, ASYNC), ("topk", 2, TOPK),
                                     ("local", 2, _local_model_and_file(tmp_path_factory.mktemp("data"))),
                                     ("million", 2, MILLION), ("adam", 2, {**ASYNC, **ADAM}),
-                                    ("median", 2, {"server.aggregation": "median", "server.clip_norm": 0.05})):
+                                    ("median", 2, {"server.aggregation": "median"})):
             out[name] = fedsim.run(TINY, {"runtime.num_workers": workers, **over},
                                    out=tmp_path_factory.mktemp(name) / "run", quiet=True)
         out["killed"], out["after_kill"] = _kill_a_worker_then_resume(tmp_path_factory.mktemp("killed") / "run")
@@ -371,10 +371,9 @@ def test_fedadam_moves_the_model_differently_and_learns(runs):
 
 
 def test_a_robust_rule_runs_through_the_actors(runs):
-    """Coordinate-wise median with clipping, in train mode: the rule holds the round's updates, clips first,
-    and the federation still learns."""
-    res = runs["median"]
-    rounds = _rounds(res)
-    assert sum(r["clipped"] for r in rounds) > 0 and all(r["aggregated"] == r["completed"] for r in rounds)
-    assert res.summary["final_eval_loss"] < res.summary["initial_eval_loss"]
-    assert rounds[-1]["global_sha"] != _rounds(runs[2])[-1]["global_sha"]
+    """The coordinate-wise median in train mode: round 1 trains the same clients from the same global as the
+    FedAvg run (the schedule does not depend on the rule), so a different global after it is the rule's doing."""
+    med, avg = _rounds(runs["median"]), _rounds(runs[2])
+    assert [r["completed"] for r in med] == [r["completed"] for r in avg]
+    assert med[0]["global_sha"] != avg[0]["global_sha"] and not any(r["robust_fallback"] for r in med)
+    assert runs["median"].summary["final_eval_loss"] < runs["median"].summary["initial_eval_loss"]

@@ -33,11 +33,41 @@ def test_krum_picks_the_update_closest_to_its_neighbours():
     # n = 4, f = 0: each score sums the squared distances to the n - f - 2 = 2 nearest others
     # u0=[0,0]: 1 (u1) + 4 (u2) = 5;  u1=[1,0]: 1 + 5 = 6;  u2=[0,2]: 4 + 5 = 9;  u3=[10,10]: 164 + 181 = 345
     ups = [_u(0, 0), _u(1, 0), _u(0, 2), _u(10, 10)]
-    np.testing.assert_allclose(robust.krum_scores(ups, f=0), [5, 6, 9, 345])
+    np.testing.assert_allclose(robust.krum_scores(ups, f=0), [5, 6, 9, 345])  # (2f + 3 = 3 <= 4: valid)
     one, chosen = robust.krum(ups, f=0)
     assert list(chosen) == [0] and np.array_equal(one["w"], [0, 0])
     two, chosen = robust.krum(ups, f=0, m=2)  # multi-Krum: the mean of the two best
     assert sorted(chosen) == [0, 1] and np.array_equal(two["w"], [0.5, 0])
+
+
+def test_krum_with_a_byzantine_allowance_and_its_fallback():
+    # n = 5, f = 1: n - f - 2 = 2 nearest. u0..u3 on a unit square around 0, u4 far away:
+    # u0=[0,0]: 1 (u1) + 1 (u2) = 2; u1=[1,0]: 1 + 1 (u3) = 2; u2=[0,1]: 2; u3=[1,1]: 2; u4=[9,9]: 128 + 145 = 273
+    ups = [_u(0, 0), _u(1, 0), _u(0, 1), _u(1, 1), _u(9, 9)]
+    np.testing.assert_allclose(robust.krum_scores(ups, f=1), [2, 2, 2, 2, 273])
+    out, chosen = robust.krum(ups, f=1, m=4)  # multi-Krum: the four square corners, never the outlier
+    assert 4 not in chosen and np.array_equal(out["w"], [0.5, 0.5])
+    combined, fell_back = robust.combine("krum", ups, byzantine=1, select=9)  # m bounded by n - f = 4
+    assert not fell_back and np.array_equal(combined["w"], [0.5, 0.5])
+    # n = 4 < 2f + 3 = 5: Krum's guarantee does not hold; the round falls back to the median, and says so
+    combined, fell_back = robust.combine("krum", ups[1:], byzantine=1)
+    assert fell_back and np.array_equal(combined["w"], [1, 1])
+
+
+def test_a_stale_update_keeps_its_discount_under_a_robust_rule(tmp_path):
+    """FedBuff hands each update its staleness weight s(tau) with normaliser 1; the median works on the
+    discounted updates (a stale one counts less), sync updates (weight 1) are held as they are."""
+    from fedsim.client_round import ClientResult
+    from fedsim.runtime.aggregator import Aggregator
+    from fedsim.scenario import dump, load
+
+    agg = Aggregator(str(tmp_path), {"w": np.zeros(1, np.float32)}, dump(load({}, {"server.aggregation": "median"}))["server"])
+    agg.begin(1)
+    for seq, (w, x) in enumerate(((1.0, 2.0), (0.25, 8.0), (1.0, 4.0))):
+        agg.put(seq, w, 1.0, ClientResult(seq, 1, 4, 0.5, "-", True), _u(x))
+    new, _ = agg.finish()
+    assert new["w"][0] == pytest.approx(2.0)  # median of 2, 0.25 * 8 = 2, 4 (undiscounted it would be 4)
+    agg.close()
 
 
 def test_the_aggregator_applies_the_rule_and_clips_first(tmp_path):

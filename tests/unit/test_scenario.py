@@ -223,3 +223,13 @@ def test_empty_target_modules_fail_at_load():
 
 def test_config_error_messages_are_one_line():
     assert str(ConfigError("a.b", "first\nsecond  third")) == "a.b: first second third"
+
+
+def test_robust_rules_are_checked_against_the_round_size():
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="server.krum_byzantine: Krum with f = 2 needs rounds of at least 7"):
+        load({}, {"server.aggregation": "krum", "server.krum_byzantine": 2, "server.clients_per_round": 6})
+    load({}, {"server.aggregation": "krum", "server.krum_byzantine": 2, "server.clients_per_round": 7})
+    with pytest.raises(ConfigError, match="server.trim_fraction: 0.1 of 5 updates"):
+        load({}, {"server.aggregation": "trimmed_mean", "server.clients_per_round": 5})
