@@ -25,6 +25,7 @@ class ClientTask:
     version: int  # global adapter version it trains from
     rows: np.ndarray  # its data rows (`ClientData.client_rows`): ids, never the data itself
     proximal_mu: float = 0.0  # FedProx's mu for this client's local objective (0: plain local training)
+    adversarial: bool = False  # sends population.adversaries.attack instead of its honest update
 
 
 @dataclass(frozen=True)

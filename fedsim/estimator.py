@@ -11,6 +11,7 @@ import math
 import time
 from pathlib import Path
 
+from fedsim.adversary import adversary_mask
 from fedsim.costs.profile import scenario_costs
 from fedsim.data.partition import client_sizes
 from fedsim.metrics.ledger import Ledger
@@ -36,6 +37,7 @@ def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, o
     _, pop, profile = scenario_costs(s)  # before the run directory: a bad model or PEFT config leaves nothing
     run_dir = open_run_dir(out, s, overwrite)
     sizes = client_sizes(s.data, s.population.num_clients, s.seed)
+    adversaries = adversary_mask(s.seed, s.population.num_clients, s.population.adversaries.fraction)
     per_device = expected_client_rows(s) > s.estimate.client_rows_limit
     ledger = Ledger(str(run_dir), per_device=per_device)
     totals = DeviceTotals(pop.device_names)
@@ -46,7 +48,7 @@ def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, o
         by_device = device_columns(plan, pop)
         totals.add(by_device)
         row = round_row(plan, {}, None, time.perf_counter() - t_round, profile)
-        ledger.record(row, by_device if per_device else client_columns(plan, pop, sizes, None, profile.quantizations))
+        ledger.record(row, by_device if per_device else client_columns(plan, pop, sizes, None, profile.quantizations, adversaries))
         rows.append(row)
     ledger.close()
     summary = summarize(rows, None, {

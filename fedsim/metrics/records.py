@@ -70,7 +70,7 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
 
 
 def client_columns(plan: RoundPlan, pop: Population, sizes: np.ndarray, results: list | None,
-                   quantizations: tuple[str, ...]) -> dict[str, np.ndarray]:
+                   quantizations: tuple[str, ...], adversaries: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """clients.parquet rows of one round (selection order), as arrays.
 
     `results` are the trained clients' `ClientResult`s in arrival order (train mode); None in estimate mode,
@@ -101,6 +101,7 @@ def client_columns(plan: RoundPlan, pop: Population, sizes: np.ndarray, results:
         "train_loss": loss,
         "trained_from": source,
         "quarantined": quarantined,
+        "adversary": adversaries[ids] if adversaries is not None else np.zeros(len(ids), bool),
     }
 
 

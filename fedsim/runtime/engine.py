@@ -127,6 +127,9 @@ def run(
         run_dir = Path(resume)
         state, versions = checkpoint.latest(run_dir)
         rows = checkpoint.truncate_ledger(run_dir, state["round"])
+    from fedsim.adversary import adversary_mask
+
+    adversaries = adversary_mask(s.seed, s.population.num_clients, s.population.adversaries.fraction)
     n = pool_size(ray, spec, s.runtime)
     con.log(f"{s.population.num_clients:,} virtual clients on {n} worker actor(s); base model {Path(model_dir).name}")
     pool = Pool(ray, n, spec, dump(s), model_dir, data.spec, str(run_dir),
@@ -146,7 +149,8 @@ def run(
             t_round = time.perf_counter()
             before = (copy.deepcopy(schedule.state()), dict(pool.versions), copy.deepcopy(totals))
             plan = schedule.next_round(rnd)
-            tasks = [ClientTask(int(c), rnd, int(d), int(v), data.client_rows(int(c)), s.training.proximal_mu)
+            tasks = [ClientTask(int(c), rnd, int(d), int(v), data.client_rows(int(c)), s.training.proximal_mu,
+                                bool(adversaries[c]))
                      for c, d, v in zip(plan.to_train, plan.train_dispatch, plan.train_versions)]
             timing.setdefault("first_dispatch", time.time())
             due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
@@ -162,7 +166,8 @@ def run(
             except (WorkerLost, ray.exceptions.RayError) as lost:
                 raise _abort(run_dir, pool, rnd, before, initial, lost) from None
             row = round_row(plan, stats, eval_loss, time.perf_counter() - t_round, profile)
-            pool.record(row, client_columns(plan, pop, data.sizes, stats["results"], profile.quantizations))
+            pool.record(row, client_columns(plan, pop, data.sizes, stats["results"], profile.quantizations,
+                                            adversaries))
             rows.append(row)
             totals.add(device_columns(plan, pop))
             con.update(row)

@@ -94,6 +94,11 @@ class Worker:
         received = {k: cast(v, c.transmit_dtype) for k, v in global_state.items()}
         delta, loss = train_client(self.lm, received, ids, labels, self.s.training, self.s.seed, task.dispatch,
                                    task.client, task.proximal_mu)
+        if task.adversarial:
+            from fedsim.adversary import attack
+
+            adv = self.s.population.adversaries
+            delta = attack(adv.attack, adv.scale, delta, self.s.seed, task.dispatch, task.client)
         sent = {k: compress(v, c.transmit_dtype, c.upload_compression, c.topk_fraction) for k, v in delta.items()}
         # what the server would fold: a float16 wire format overflows to inf above 65504
         finite = math.isfinite(loss) and all(np.isfinite(v).all() for v in sent.values())

@@ -119,6 +119,15 @@ class DiurnalConfig:
 
 
 @dataclass(frozen=True, config=_CFG)
+class AdversaryConfig:
+    """Malicious clients (see fedsim.adversary): a fixed fraction that sends an attacked update when trained."""
+
+    fraction: Prob = 0.0
+    attack: Literal["sign_flip", "scale", "noise"] = "sign_flip"
+    scale: PosFloat = 1.0  # sign_flip / scale: the factor; noise: the standard deviation
+
+
+@dataclass(frozen=True, config=_CFG)
 class PopulationConfig:
     """Virtual clients as data: mixtures over the catalog's device and network classes."""
 
@@ -138,6 +147,7 @@ class PopulationConfig:
     availability: Annotated[float, Field(gt=0, le=1)] = 1.0  # probability a client is online when sampled
     catalog: str | None = None  # YAML merged over fedsim/catalog/defaults.yaml
     traces: TracesConfig = Field(default_factory=TracesConfig)
+    adversaries: AdversaryConfig = Field(default_factory=AdversaryConfig)
 
 
 @dataclass(frozen=True, config=_CFG)
