@@ -11,8 +11,19 @@ class ConfigError(ValueError):
 
     def __init__(self, path: str, message: str):
         self.path = path
-        message = _one_line(message)
-        super().__init__(f"{path}: {message}" if path else message)
+        self.message = _one_line(message)
+        super().__init__(f"{path}: {self.message}" if path else self.message)
+
+    def __reduce__(self):
+        """Pickle with both arguments: a worker actor's ConfigError must reach the driver as one."""
+        return (type(self), (self.path, self.message))
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message` of an error (of its cause, when Ray wrapped it), for one-line reports."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:limit]
 
 
 class RunAborted(RuntimeError):

@@ -233,3 +233,14 @@ def test_robust_rules_are_checked_against_the_round_size():
     load({}, {"server.aggregation": "krum", "server.krum_byzantine": 2, "server.clients_per_round": 7})
     with pytest.raises(ConfigError, match="server.trim_fraction: 0.1 of 5 updates"):
         load({}, {"server.aggregation": "trimmed_mean", "server.clients_per_round": 5})
+
+
+def test_config_errors_survive_pickling_across_processes():
+    """Ray pickles a worker's exception to hand it to the driver: it must stay a ConfigError naming its key."""
+    import pickle
+
+    from fedsim.errors import ConfigError
+
+    err = pickle.loads(pickle.dumps(ConfigError("peft.target_modules", "qproj matches no module")))
+    assert isinstance(err, ConfigError) and err.path == "peft.target_modules"
+    assert str(err) == "peft.target_modules: qproj matches no module"
