@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from fedsim.atomic import atomic_write_text
 from fedsim.data import partition, synthetic
 from fedsim.errors import ConfigError
 from fedsim.paths import cache_dir, digest
@@ -142,7 +143,7 @@ def file_digest(path: str) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    memo.write_text(h.hexdigest())
+    atomic_write_text(memo, h.hexdigest())
     return h.hexdigest()
 
 

@@ -29,10 +29,13 @@ class DataReader:
             self._train = datasets.load_from_disk(spec.train_path).with_format("numpy", columns=["input_ids",
                                                                                                   "labels"])
 
-    def _tokenize(self, prompts: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _tokenize(self, prompts: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+        """(input_ids, labels, rows dropped): rows without a response token within seq_len are dropped."""
         out = tokenize_batch({"p": prompts, "r": responses}, self.tokenizer, self.spec.seq_len, "p", "r")
         ids = np.asarray(out["input_ids"], dtype=np.int32).reshape(len(prompts), self.spec.seq_len)
-        return ids, np.asarray(out["labels"], dtype=np.int32).reshape(len(prompts), self.spec.seq_len)
+        labels = np.asarray(out["labels"], dtype=np.int32).reshape(len(prompts), self.spec.seq_len)
+        keep = has_target(labels) if len(prompts) else np.zeros(0, bool)
+        return ids[keep], labels[keep], int(len(prompts) - keep.sum())
 
     def client(self, client: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """(input_ids, labels, rows dropped) of one client; `rows` as `ClientData.client_rows` gave them.
@@ -47,9 +50,7 @@ class DataReader:
             return ids, np.asarray(batch["labels"], dtype=np.int32).reshape(ids.shape), 0
         rng = stream(self.spec.seed, "synthetic-client", client)
         pairs = [synthetic.make_example(synthetic.FAMILIES[int(f)], rng) for f in rows]
-        ids, labels = self._tokenize([p for p, _ in pairs], [r for _, r in pairs])
-        keep = has_target(labels) if len(pairs) else np.zeros(0, bool)
-        return ids[keep], labels[keep], int(len(pairs) - keep.sum())
+        return self._tokenize([p for p, _ in pairs], [r for _, r in pairs])
 
     def eval_set(self) -> tuple[np.ndarray, np.ndarray]:
         """The held-out eval set (synthetic: an even share of every task family from the "eval" streams)."""
@@ -58,6 +59,6 @@ class DataReader:
             return ids, labels
         each = -(-self.spec.eval_samples // len(synthetic.FAMILIES))
         cols = synthetic.generate({f: each for f in synthetic.FAMILIES}, self.spec.seed, "eval")
-        ids, labels = self._tokenize(cols["prompt"][: self.spec.eval_samples], cols["response"][: self.spec.eval_samples])
-        keep = has_target(labels)
-        return ids[keep], labels[keep]
+        ids, labels, _ = self._tokenize(cols["prompt"][: self.spec.eval_samples],
+                                        cols["response"][: self.spec.eval_samples])
+        return ids, labels

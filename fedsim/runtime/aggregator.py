@@ -55,10 +55,11 @@ class Aggregator:
         if self.server["clip_norm"] is not None:
             delta, clipped = clip_norm(delta, self.server["clip_norm"])
             self.clipped += clipped
-        if self.server["aggregation"] != "mean":  # robust rules combine unweighted, as their papers define them,
-            scale = weight / norm  # but a FedBuff update keeps its staleness discount (1 in sync rounds)
+        if self.server["aggregation"] == "mean":
+            self.deltas.add(weight * result.num_samples, delta, norm * result.num_samples)
+        else:  # robust rules combine unweighted, as their papers define them, but a FedBuff update keeps its
+            scale = weight / norm  # staleness discount (1 in sync rounds)
             self.held.append(delta if scale == 1 else {k: v * scale for k, v in delta.items()})
-        self.deltas.add(weight * result.num_samples, delta, norm * result.num_samples)
         self.loss_sum += norm * result.num_samples * result.loss
         self.loss_weight += norm * result.num_samples
 
@@ -79,7 +80,7 @@ class Aggregator:
         self.opt_states, self.finished = {"current": self.opt.state(), "before": before}, self.round
         ordered = [self.results[i] for i in sorted(self.results)]
         stats = {
-            "aggregated": self.deltas.count,
+            "aggregated": self.deltas.count + len(self.held),
             "received": len(ordered),
             "quarantined": sum(not r.finite for r in ordered),
             "clipped": self.clipped,

@@ -69,6 +69,13 @@ def _drop(path: Path, root: Path) -> None:
     shutil.rmtree(gone)
 
 
+def newest_round(run_dir: Path) -> int | None:
+    """Round of the newest complete checkpoint in run_dir, or None."""
+    root = Path(run_dir) / "checkpoints"
+    found = _rounds(root) if root.is_dir() else []
+    return int(found[-1].name.removeprefix("round_")) if found else None
+
+
 def latest(run_dir: Path) -> tuple[dict[str, Any], dict[int, dict[str, np.ndarray]]]:
     """(state, global versions) of the newest complete checkpoint in run_dir (temp leftovers are skipped)."""
     found = _rounds(Path(run_dir) / "checkpoints") if (Path(run_dir) / "checkpoints").is_dir() else []

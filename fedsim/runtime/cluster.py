@@ -134,8 +134,8 @@ def _ray_probe(address: str, target: str, client: bool, timeout: float) -> None:
         else:
             from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
-            stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
-            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+            gcs = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)  # gRPC's generated client class
+            gcs.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
     except grpc.RpcError as exc:  # raised by a call, so it is also a grpc.Call with code() and details()
         code = exc.code()
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):

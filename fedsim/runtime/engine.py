@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsim.errors import ConfigError, RunAborted
+from fedsim.errors import ConfigError, RunAborted, one_line
 from fedsim.scenario import Scenario, dump, load
 
 if TYPE_CHECKING:
@@ -114,6 +114,7 @@ def run(
     timing = {"process_start": process_start_time(), "run_called": time.time()}
     s = _scenario(scenario, overrides, resume)
     spec, ray, con, model_dir, data, pop, profile, schedule = _prepare(s, quiet, timing)
+    from fedsim.adversary import adversary_mask
     from fedsim.client_round import ClientTask
     from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
     from fedsim.rundir import RunResult, open_run_dir, write_summary
@@ -127,8 +128,6 @@ def run(
         run_dir = Path(resume)
         state, versions = checkpoint.latest(run_dir)
         rows = checkpoint.truncate_ledger(run_dir, state["round"])
-    from fedsim.adversary import adversary_mask
-
     adversaries = adversary_mask(s.seed, s.population.num_clients, s.population.adversaries.fraction)
     n = pool_size(ray, spec, s.runtime)
     con.log(f"{s.population.num_clients:,} virtual clients on {n} worker actor(s); base model {Path(model_dir).name}")
@@ -179,7 +178,7 @@ def run(
         try:
             _write_adapter(run_dir / "adapter", pool.export_adapter())
         except ray.exceptions.RayError as exc:
-            raise RunAborted(f"the final adapter could not be exported ({_one_line(exc)}); every round is "
+            raise RunAborted(f"the final adapter could not be exported ({one_line(exc)}); every round is "
                              f"checkpointed: fedsim run --resume {run_dir} writes it") from None
     except ConfigError:
         con.stop()
@@ -217,15 +216,10 @@ def _resolved(pool, initial: dict) -> dict:
     return {"eval": pool.get(initial["eval"]), "sha": pool.get(initial["sha"])}
 
 
-def _one_line(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0] if text else ''}"
-
-
 def _abort(run_dir: Path, pool, rnd: int, before: tuple, initial: dict, lost: Exception) -> RunAborted:
     """Checkpoint the state before round `rnd` (an update or the aggregator was lost) and say how to go on."""
     from fedsim.runtime import checkpoint
+    from fedsim.runtime.pool import WorkerLost
 
     schedule_state, versions, totals = before
     try:
@@ -237,9 +231,9 @@ def _abort(run_dir: Path, pool, rnd: int, before: tuple, initial: dict, lost: Ex
     except Exception as exc:  # noqa: BLE001 - the aggregator itself is gone: the newest regular checkpoint stands
         if isinstance(getattr(exc, "cause", None), ValueError):
             raise  # fedsim's own inconsistency, not a lost process: say so
-        found = sorted((run_dir / "checkpoints").glob("round_*"), key=lambda p: int(p.name.split("_")[-1]))
-        where = f"round {int(found[-1].name.split('_')[-1])}" if found else None
-    what = str(lost) if isinstance(lost, RuntimeError) and not hasattr(lost, "cause") else _one_line(lost)
+        newest = checkpoint.newest_round(run_dir)
+        where = None if newest is None else f"round {newest}"
+    what = str(lost) if isinstance(lost, WorkerLost) else one_line(lost)
     if where is None:
         return RunAborted(f"round {rnd}: {what}; no checkpoint could be written: rerun the scenario")
     return RunAborted(f"round {rnd}: {what}; nothing of round {rnd} was applied. Continue from the checkpoint "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedsim.client_round import ClientTask
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, one_line
 from fedsim.runtime.aggregator import Aggregator
 from fedsim.runtime.cluster import worker_env
 from fedsim.runtime.worker import Worker
@@ -30,13 +30,6 @@ class WorkerLost(RuntimeError):
 
 def _cause(exc: BaseException) -> BaseException:
     return getattr(exc, "cause", None) or exc
-
-
-def _reason(exc: BaseException) -> str:
-    """One line: the error's type and the first line of its message."""
-    cause = _cause(exc)
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 class Pool:
@@ -78,7 +71,7 @@ class Pool:
         except self.ray.exceptions.RayTaskError as exc:
             cause = _cause(exc)
             if isinstance(cause, ConfigError):
-                raise ConfigError(cause.path, str(cause).removeprefix(f"{cause.path}: ")) from None
+                raise ConfigError(cause.path, cause.message) from None
             raise
 
     def check_ready(self) -> None:
@@ -116,7 +109,7 @@ class Pool:
                 except ConfigError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - actor died, worker crashed, object lost
-                    raise WorkerLost(tasks[seq], _reason(exc)) from None
+                    raise WorkerLost(tasks[seq], one_line(exc)) from None
                 if (result.client, result.dispatch) != (tasks[seq].client, tasks[seq].dispatch):
                     raise WorkerLost(tasks[seq], f"got the result of client {result.client} instead")
                 load[w] -= 1

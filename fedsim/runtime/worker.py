@@ -15,13 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.client_round import ClientResult, ClientTask, state_digest
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, one_line
 from fedsim.scenario.schema import Scenario
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 class Worker:
@@ -36,9 +31,9 @@ class Worker:
         try:
             self._load(scenario, model_dir, data_spec)
         except ConfigError as exc:
-            self.error = (exc.path, str(exc).removeprefix(f"{exc.path}: "))
+            self.error = (exc.path, exc.message)
         except Exception as exc:  # noqa: BLE001 - out of memory, CUDA, a path missing on this node: not bad input
-            self.error = ("", f"worker could not load {model_dir}: {_one_line(exc)}")
+            self.error = ("", f"worker could not load {model_dir}: {one_line(exc)}")
 
     def _load(self, scenario: dict, model_dir: str, data_spec) -> None:
         from fedsim.logs import quiet_libraries
@@ -52,14 +47,10 @@ class Worker:
 
         self.s: Scenario = resolved(scenario)
         torch.set_num_threads(self.s.runtime.threads_per_worker)
-        try:
-            self.lm = load_local_model(
-                model_dir, self.s.peft, self.s.runtime.train_dtype, self.s.training.gradient_checkpointing
-            )
-        except ValueError as exc:
-            if "target module" in str(exc).lower() or "target_modules" in str(exc):
-                raise ConfigError("peft.target_modules", _one_line(exc)) from None
-            raise
+        # (the target modules were checked on the meta-device model before Ray started: fedsim.models.shapes)
+        self.lm = load_local_model(
+            model_dir, self.s.peft, self.s.runtime.train_dtype, self.s.training.gradient_checkpointing
+        )
         self.data = DataReader(data_spec)
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
 
