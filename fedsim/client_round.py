@@ -1,6 +1,7 @@
-"""The client round's contract: what a worker receives (`ClientTask`) and what it returns (`ClientResult`).
+"""The client round's contract: what a worker receives (`ClientTask`, with its per-client `ClientConfig`) and
+what it returns (`ClientResult`, plus named payload tensors).
 
-Both are typed, frozen and small. The payload (the update's tensors, as the server decodes them) travels apart
+All are typed, frozen and small. The payload (the update's tensors, as the server decodes them) travels apart
 from the result, as its own object reference, so the driver reads statistics without ever copying an adapter.
 Aggregation weights are not carried through the worker: the server applies them where updates are folded.
 """
@@ -8,11 +9,36 @@ Aggregation weights are not carried through the worker: the server applies them 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class SecAggTask:
+    """A client's part in one round of secure aggregation (Bonawitz et al. 2017)."""
+
+    cohort: np.ndarray  # U1: the round's clients that advertised keys (sorted ids)
+    threshold: int  # Shamir t
+    bits: int
+    frac_bits: int
+    weight_scale: float  # the client encodes (n_i / weight_scale) x Delta_i and that weight (samples weighting)
+
+
+@dataclass(frozen=True, eq=False)
+class ClientConfig:
+    """What the strategy tells one client about its local round (Flower's `configure_fit`, pfl's context)."""
+
+    objective: str = "fedavg"  # fedavg | fedprox | scaffold: the local objective's hook
+    proximal_mu: float = 0.0  # FedProx's mu (Li et al. 2020)
+    adversarial: bool = False  # sends population.adversaries.attack instead of its honest update
+    clip_norm: float | None = None  # DP clipping done by the client (client noise or secure aggregation)
+    noise_std: float = 0.0  # the client's share of DP noise (distributed DP: noise added before sending)
+    secagg: SecAggTask | None = None
+    weighting: str = "samples"
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,8 +50,7 @@ class ClientTask:
     dispatch: int  # unique per dispatch (sync: the round; async: the dispatch sequence): keys its random streams
     version: int  # global adapter version it trains from
     rows: np.ndarray  # its data rows (`ClientData.client_rows`): ids, never the data itself
-    proximal_mu: float = 0.0  # FedProx's mu for this client's local objective (0: plain local training)
-    adversarial: bool = False  # sends population.adversaries.attack instead of its honest update
+    config: ClientConfig = ClientConfig()
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,8 @@ class ClientResult:
     trained_from: str  # `state_digest` of the global state it trained from (provenance, tested)
     finite: bool  # loss and update are finite; a non-finite or empty update is quarantined, never folded
     rows_dropped: int = 0
+    loss_sq: float = math.nan  # mean squared step loss (Oort's statistical utility)
+    clipped: bool = False  # the client clipped its update (DP at the client)
 
 
 def state_digest(state: Tensors) -> str:

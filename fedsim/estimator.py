@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fedsim.adversary import adversary_mask
-from fedsim.costs.profile import scenario_costs
+from fedsim.costs.profile import CostProfile, scenario_costs
 from fedsim.data.partition import client_sizes
 from fedsim.metrics.ledger import Ledger
-from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
+from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, summarize
+from fedsim.population import Population
+from fedsim.rounds import Trained, run_rounds
 from fedsim.rundir import RunResult, open_run_dir, write_summary
 from fedsim.scenario import Scenario, load
-from fedsim.schedules import make_schedule
+from fedsim.schedules import RoundPlan, make_schedule
+from fedsim.strategies.privacy import accountant_for
 
 
 def expected_client_rows(s: Scenario) -> int:
@@ -26,6 +32,35 @@ def expected_client_rows(s: Scenario) -> int:
     per_step = 2 * s.server.async_.buffer_size if s.server.schedule == "async" else \
         math.ceil(s.server.clients_per_round * s.server.over_selection)
     return s.server.rounds * per_step
+
+
+@dataclass
+class EstimatePlane:
+    """The round loop's plane in estimate mode: nothing is trained; rounds are booked and written."""
+
+    ledger: Ledger
+    totals: DeviceTotals
+    rows: list[dict]
+    pop: Population
+    sizes: np.ndarray
+    profile: CostProfile
+    adversaries: np.ndarray
+    per_device: bool
+
+    def before(self, rnd: int) -> None:
+        """Nothing to keep: estimate mode cannot lose a worker."""
+
+    def train(self, plan: RoundPlan) -> Trained:
+        """Nobody trains: no statistics, no evaluation."""
+        return Trained()
+
+    def record(self, plan: RoundPlan, row: dict) -> None:
+        """Per-device totals, the round row and client rows (or per-device rows above the client-row limit)."""
+        by_device = device_columns(plan, self.pop)
+        self.totals.add(by_device)
+        self.ledger.record(row, by_device if self.per_device else client_columns(
+            plan, self.pop, self.sizes, None, self.profile.quantizations, self.adversaries))
+        self.rows.append(row)
 
 
 def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, overwrite: bool = False,
@@ -42,14 +77,8 @@ def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, o
     ledger = Ledger(str(run_dir), per_device=per_device)
     totals = DeviceTotals(pop.device_names)
     schedule, rows = make_schedule(s, pop, profile), []
-    for rnd in range(1, s.server.rounds + 1):
-        t_round = time.perf_counter()
-        plan = schedule.next_round(rnd)
-        by_device = device_columns(plan, pop)
-        totals.add(by_device)
-        row = round_row(plan, {}, None, time.perf_counter() - t_round, profile)
-        ledger.record(row, by_device if per_device else client_columns(plan, pop, sizes, None, profile.quantizations, adversaries))
-        rows.append(row)
+    plane = EstimatePlane(ledger, totals, rows, pop, sizes, profile, adversaries, per_device)
+    run_rounds(schedule, plane, 1, s.server.rounds, profile, accountant_for(s))
     ledger.close()
     summary = summarize(rows, None, {
         "mode": "estimate",

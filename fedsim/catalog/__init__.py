@@ -26,9 +26,11 @@ DEVICE_FIELDS = {"peak_flops": "pos", "memory_gb": "nonneg", "power_busy_w": "no
                  "efficiency": "pos"}
 NETWORK_FIELDS = {"down_mbps": "pos", "up_mbps": "pos", "latency_s": "nonneg", "alpha_up_mw_per_mbps": "nonneg",
                   "alpha_down_mw_per_mbps": "nonneg", "beta_mw": "nonneg"}
+SECAGG_FIELDS = {"key_bytes": "pos", "share_bytes": "pos", "client_prg_values_per_s": "pos",
+                 "server_prg_values_per_s": "pos"}
 ENERGY_FIELDS = {"grid_gco2_per_kwh": "nonneg", "server_power_w": "nonneg"}
 _TEXT_FIELDS = {"source", "grid_source", "server_source"}
-_SECTIONS = ("devices", "networks", "energy", "runtime_overhead_bytes")
+_SECTIONS = ("devices", "networks", "energy", "runtime_overhead_bytes", "secagg")
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,6 +89,7 @@ def validate(cat: dict[str, Any]) -> dict[str, Any]:
     if not devices or not networks:
         raise ConfigError(KEY, "needs at least one device class and one network class")
     _check_fields(cat, "energy", "energy", ENERGY_FIELDS)
+    _check_fields(cat, "secagg", "secagg", SECAGG_FIELDS)
     cat["runtime_overhead_bytes"] = _number(cat["runtime_overhead_bytes"], "runtime_overhead_bytes", "nonneg")
     return cat
 

@@ -33,6 +33,8 @@ class CostProfile:
     beta: np.ndarray  # mW
     grid_gco2_per_kwh: float
     server_power_w: float
+    # secure aggregation (Bonawitz et al. 2017): catalog constants plus the word size; None when it is off
+    secagg: dict[str, float] | None = None
 
     @property
     def memory_bytes(self) -> float:
@@ -64,20 +66,28 @@ def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Popu
                                        t.gradient_checkpointing, float(cat["runtime_overhead_bytes"]))
 
     nets = [cat["networks"][n] for n in pop.network_names]
+    # SCAFFOLD sends the server variate c down and the control delta up with the adapter: twice the payload both
+    # ways (Karimireddy et al. 2020, §7: "twice the communication"), and the client holds c and c_i
+    payloads = 2 if s.server.strategy == "scaffold" else 1
+    variates = {"control_variates": 2.0 * shape.n_trainable * 4} if payloads == 2 else {}
+    sa = s.privacy.secagg
     return CostProfile(
         shape=shape,
         flops_per_client=step * t.local_steps,
-        bytes_down=comm.payload_bytes(shape.n_trainable, c.transmit_dtype),
-        bytes_up=compression.upload_bytes(tensors, c.transmit_dtype, c.upload_compression, c.topk_fraction),
-        memory_breakdown=breakdown(s.model.quantization),
+        bytes_down=payloads * comm.payload_bytes(shape.n_trainable, c.transmit_dtype),
+        bytes_up=payloads * compression.upload_bytes(tensors, c.transmit_dtype, c.upload_compression,
+                                                     c.topk_fraction),
+        memory_breakdown={**breakdown(s.model.quantization), **variates},
         quantizations=quants,
-        memory_options=np.array([sum(breakdown(q).values()) for q in quants]),
+        memory_options=np.array([sum(breakdown(q).values()) + sum(variates.values()) for q in quants]),
         alpha_up=np.array([n["alpha_up_mw_per_mbps"] for n in nets], dtype=float),
         alpha_down=np.array([n["alpha_down_mw_per_mbps"] for n in nets], dtype=float),
         beta=np.array([n["beta_mw"] for n in nets], dtype=float),
         grid_gco2_per_kwh=float(c.grid_gco2_per_kwh if c.grid_gco2_per_kwh is not None
                                 else cat["energy"]["grid_gco2_per_kwh"]),
         server_power_w=float(cat["energy"]["server_power_w"]),
+        secagg={**{k: float(v) for k, v in cat["secagg"].items() if k != "source"}, "bits": float(sa.bits),
+                "numel": float(shape.n_trainable)} if sa.enabled else None,
     )
 
 
@@ -99,12 +109,47 @@ def fitting_option(p: CostProfile, memory_bytes: np.ndarray) -> np.ndarray:
     return np.where(fits.any(axis=1), fits.argmax(axis=1), -1)
 
 
+def payload(p: CostProfile, option: np.ndarray) -> tuple[float, float, float, int]:
+    """(bytes down, bytes up, extra client compute seconds, extra round trips) of each client of a sync cohort
+    whose quantization options are `option`. With secure aggregation the eligible clients form U1: each also
+    exchanges keys and shares with the n - 1 others, uploads its masked fixed-point vector instead of the
+    plain update and expands n masks (`fedsim.strategies.secagg.protocol_cost`)."""
+    if p.secagg is None:
+        return p.bytes_down, p.bytes_up, 0.0, 0
+    from fedsim.strategies.secagg import protocol_cost
+
+    a = p.secagg
+    cost = protocol_cost(int((option >= 0).sum()), 0, int(a["numel"]), int(a["bits"]), a["key_bytes"],
+                         a["share_bytes"])
+    return (p.bytes_down + cost.client_down_bytes, cost.masked_input_bytes + cost.client_up_bytes,
+            cost.client_prg_values / a["client_prg_values_per_s"], cost.round_trips)
+
+
+def secagg_server_s(p: CostProfile, survivors: int, dropped: int) -> float:
+    """Seconds the server spends unmasking: regenerating the survivors' self masks and every dropped client's
+    pairwise masks with every survivor (Bonawitz et al. 2017, §7: O(n^2 m) with dropouts); 0 without SecAgg."""
+    if p.secagg is None or survivors == 0:
+        return 0.0
+    from fedsim.strategies.secagg import protocol_cost
+
+    a = p.secagg
+    cost = protocol_cost(survivors + dropped, dropped, int(a["numel"]), int(a["bits"]), a["key_bytes"],
+                         a["share_bytes"])
+    return cost.server_prg_values / a["server_prg_values_per_s"]
+
+
 def phase_times(p: CostProfile, pop: Population, ids: np.ndarray, jitter: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(t_download, t_compute, t_upload, quantization option or -1) of clients `ids` if they ran to the end."""
-    t_down = comm.transfer_time_s(p.bytes_down, pop.down_bps[ids], pop.latency_s[ids])
-    t_comp = compute.compute_time_s(p.flops_per_client, pop.flops[ids]) * jitter
-    t_up = comm.transfer_time_s(p.bytes_up, pop.up_bps[ids], pop.latency_s[ids])
-    return t_down, t_comp, t_up, fitting_option(p, pop.memory_bytes[ids])
+    """(t_download, t_compute, t_upload, quantization option or -1) of clients `ids` if they ran to the end.
+
+    Secure aggregation's two key rounds before training count in the download phase, its unmasking round in
+    the upload phase (one latency each), its mask expansion in the compute phase."""
+    option = fitting_option(p, pop.memory_bytes[ids])
+    down, up, extra_s, trips = payload(p, option)
+    lat = pop.latency_s[ids]
+    t_down = comm.transfer_time_s(down, pop.down_bps[ids], lat) + (2 * lat if trips else 0.0)
+    t_comp = compute.compute_time_s(p.flops_per_client, pop.flops[ids]) * jitter + extra_s
+    t_up = comm.transfer_time_s(up, pop.up_bps[ids], lat) + (lat if trips else 0.0)
+    return t_down, t_comp, t_up, option
 
 
 def _fraction_sent(done: np.ndarray, full: np.ndarray, latency: np.ndarray) -> np.ndarray:
@@ -122,8 +167,11 @@ def phase_costs(
     """
     (f_down, _, f_up), (d_down, d_comp, d_up) = full, done
     lat, net = pop.latency_s[ids], pop.network[ids]
-    bytes_down = p.bytes_down * _fraction_sent(d_down, f_down, lat) * (f_down > 0)
-    bytes_up = p.bytes_up * _fraction_sent(d_up, f_up, lat) * (f_up > 0)
+    down, up, _, trips = payload(p, fitting_option(p, pop.memory_bytes[ids]) if p.secagg else np.zeros(0))
+    lat_down = lat * (3 if trips else 1)  # the key rounds' latencies carry no bytes either
+    lat_up = lat * (2 if trips else 1)
+    bytes_down = down * _fraction_sent(d_down, f_down, lat_down) * (f_down > 0)
+    bytes_up = up * _fraction_sent(d_up, f_up, lat_up) * (f_up > 0)
     thr_down = pop.down_bps[ids] / MBIT
     thr_up = pop.up_bps[ids] / MBIT
     e_radio = energy.radio_energy_j(p.alpha_down[net], p.beta[net], thr_down, d_down) + energy.radio_energy_j(

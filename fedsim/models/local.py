@@ -35,6 +35,12 @@ class LocalModel:
 
         return torch.from_numpy(rows).long().to(self.device)
 
+    def batch_f32(self, values: np.ndarray):
+        """A float32 numpy array -> a tensor on the model's device (a copy: object-store arrays are read-only)."""
+        import torch
+
+        return torch.from_numpy(np.array(values, dtype=np.float32)).to(self.device)
+
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Load adapter weights (in place, no re-allocation)."""
         import torch
@@ -79,20 +85,24 @@ def proximal_term(params: list, anchors: list, mu: float):
 def train_client(
     lm: LocalModel, global_state: dict[str, np.ndarray], input_ids: np.ndarray, labels: np.ndarray,
     cfg: TrainingConfig, seed: int, dispatch: int, client: int, proximal_mu: float = 0.0,
-) -> tuple[dict[str, np.ndarray], float]:
-    """Run cfg.local_steps optimizer steps from `global_state` on one client's rows; return (delta, mean loss).
+    correction: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Run cfg.local_steps optimizer steps from `global_state` on one client's rows; return (delta, the loss
+    of every step).
 
     `input_ids`/`labels` are the client's own rows. Batches come from its own seeded stream (seed, "data",
     dispatch, client), torch's dropout/init randomness from (seed, "torch", dispatch, client): the same
     dispatch of the same client sees the same batches on any worker, and two dispatches of one client (async)
     do not repeat each other's draws. `proximal_mu` > 0 adds FedProx's proximal term to the objective (the
-    reported loss is the task loss alone).
+    reported loss is the task loss alone). `correction` (SCAFFOLD: c - c_i per parameter, Karimireddy et al.
+    2020, Algorithm 1 line 10) is added to every gradient before the optimizer step.
     """
     import torch
 
     torch.manual_seed(seed_int(seed, "torch", dispatch, client))
     lm.set_state(global_state)
     anchors = [p.detach().clone() for p in lm.params] if proximal_mu > 0 else []
+    shift = [lm.batch_f32(correction[n]) for n in lm.names] if correction is not None else []
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.SGD
     opt = opt_cls(lm.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = stream(seed, "data", dispatch, client)
@@ -106,12 +116,14 @@ def train_client(
         loss = lm.model(input_ids=lm.batch(input_ids[idx]), labels=lm.batch(labels[idx])).loss
         objective = loss + proximal_term(lm.params, anchors, proximal_mu) if proximal_mu > 0 else loss
         objective.backward()
+        for p, c in zip(lm.params, shift):
+            p.grad.add_(c.to(p.grad.dtype))
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
     new = lm.get_state()
     delta = {k: new[k] - np.asarray(global_state[k], dtype=np.float32) for k in new}
-    return delta, float(np.mean(losses))
+    return delta, np.array(losses)
 
 
 def evaluate(lm: LocalModel, state: dict[str, np.ndarray], input_ids: np.ndarray, labels: np.ndarray, batch: int = 64) -> float:

@@ -1,90 +1,95 @@
 """The aggregator actor: owns the global adapter, folds client updates in as they arrive, keeps the ledger.
 
-Updates stream in (memory O(adapter), see `fedsim.strategies.fedavg`; a robust rule holds the round's
-updates instead, O(cohort x adapter), see `fedsim.strategies.robust`); they are folded in the clock's arrival
-order whatever order they physically arrive in, so the result is bit-identical for any number of workers. A
+How updates weigh, combine and move the global state is the strategy's (`fedsim.strategies.base`): streaming
+rules keep memory O(adapter), buffered ones (robust rules) hold the round's updates and say so. Updates are
+folded in the clock's arrival order whatever order they physically arrive in, so the result is bit-identical
+for any number of workers. A
 non-finite or empty update is quarantined (counted, never folded): one NaN must not poison the global model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedsim.client_round import ClientResult, state_digest
+from fedsim.client_round import ClientResult, SecAggTask, state_digest
+from fedsim.client_state import ClientStore
 from fedsim.metrics.ledger import Ledger
-from fedsim.strategies.fedavg import OrderedFold, WeightedMean
-from fedsim.strategies.robust import clip_norm, combine
-from fedsim.strategies.server_opt import from_server_config
+from fedsim.strategies import scaffold
+from fedsim.strategies.base import Strategy
+from fedsim.strategies.fedavg import OrderedFold
 
 
 class Aggregator:
-    """Central server state (wrapped by `ray.remote`); one instance per run."""
+    """Central server state (wrapped by `ray.remote`); one instance per run. Delegates every rule to the
+    scenario's `Strategy`; owns the global versions' newest state, the client-state store and the ledger."""
 
-    def __init__(self, run_dir: str, global_state: dict[str, np.ndarray], server: dict[str, Any],
+    def __init__(self, run_dir: str, global_state: dict[str, np.ndarray], scenario: dict[str, Any],
                  resume_rows: list[dict[str, Any]] | None = None, opt_state: dict[str, Any] | None = None,
                  version: int = 0):
-        self.global_state = {k: np.array(v, dtype=np.float32) for k, v in global_state.items()}
-        self.server = server
-        self.opt = from_server_config(server)
-        self.opt.restore(opt_state)
-        self.opt_states = {"current": self.opt.state(), "before": None}  # around the last finished round
+        from fedsim.scenario.load import resolved
+
+        self.strategy = Strategy(resolved(scenario))
+        self.global_state = self.strategy.initial({k: np.array(v, dtype=np.float32) for k, v in global_state.items()})
+        self.strategy.restore(opt_state)
+        self.opt_states = {"current": self.strategy.state(), "before": None}  # around the last finished round
         self.finished = version  # the global version the run (re)starts from
+        self.store = ClientStore(Path(run_dir) / "client_state")
+        self.store.truncate(version)  # a resumed run reads what the uninterrupted one read
         self.ledger = Ledger(run_dir, resume_rows=resume_rows)
         self.begin(0)
 
-    def begin(self, rnd: int) -> None:
-        """Start collecting the updates of round `rnd`."""
+    def begin(self, rnd: int, secagg: SecAggTask | None = None) -> None:
+        """Start collecting the updates of round `rnd` (with secure aggregation among cohort `secagg`)."""
         self.round = rnd
-        self.deltas = WeightedMean()
-        self.held: list[dict[str, np.ndarray]] = []  # a robust rule's round: every update, in fold order
+        self.combiner = self.strategy.combiner(rnd, secagg)
         self.clipped = 0
         self.results: dict[int, ClientResult] = {}
         self.loss_sum = 0.0
         self.loss_weight = 0.0
         self.fold = OrderedFold(self._fold)
 
-    def _fold(self, seq: int, weight: float, norm: float, result: ClientResult, delta: dict[str, np.ndarray]) -> None:
-        if result.finite and not all(np.isfinite(v).all() for v in delta.values()):
+    def client_state(self, client: int) -> dict[str, np.ndarray]:
+        """A client's stored state (SCAFFOLD: its control variate c_i; zeros before its first round)."""
+        kept = self.store.read(client)
+        return kept if kept is not None else scaffold.zeros_like(scaffold.adapter_part(self.global_state))
+
+    def _fold(self, seq: int, discount: float, result: ClientResult, payload: dict[str, dict[str, np.ndarray]]) -> None:
+        sent = [v for key in ("delta", "control") for v in payload.get(key, {}).values()]
+        if result.finite and not all(np.isfinite(v).all() for v in sent):
             result = dataclasses.replace(result, finite=False)  # the server checks what it folds itself
         self.results[seq] = result
-        if not result.finite or weight <= 0:
-            return
-        if self.server["clip_norm"] is not None:
-            delta, clipped = clip_norm(delta, self.server["clip_norm"])
-            self.clipped += clipped
-        if self.server["aggregation"] == "mean":
-            self.deltas.add(weight * result.num_samples, delta, norm * result.num_samples)
-        else:  # robust rules combine unweighted, as their papers define them, but a FedBuff update keeps its
-            scale = weight / norm  # staleness discount (1 in sync rounds)
-            self.held.append(delta if scale == 1 else {k: v * scale for k, v in delta.items()})
-        self.loss_sum += norm * result.num_samples * result.loss
-        self.loss_weight += norm * result.num_samples
+        if not result.finite or discount <= 0:
+            return  # quarantined (or discarded): never folded, its client state unchanged
+        weight, norm = self.strategy.weight(discount, result.num_samples)
+        self.clipped += self.combiner.add(result.client, weight, norm, payload) or result.clipped
+        if "client_state" in payload:  # kept by the client, not uploaded: the store stands in for its disk
+            self.store.write(result.client, self.round, payload["client_state"])
+        self.loss_sum += result.num_samples * result.loss
+        self.loss_weight += result.num_samples
 
-    def put(self, seq: int, weight: float, norm: float, result: ClientResult, delta: dict[str, np.ndarray]) -> None:
-        """Accept the update of the seq-th client in arrival order. Its weight in the mean is weight x samples
-        over a normaliser norm x samples (FedAvg: weight = norm = 1; FedBuff: weight = staleness discount)."""
-        self.fold.put(seq, seq, weight, norm, result, delta)
+    def put(self, seq: int, discount: float, result: ClientResult, payload: dict[str, dict[str, np.ndarray]]) -> None:
+        """Accept the update of the seq-th client in arrival order (`discount`: FedBuff's staleness weight, 1 in
+        sync rounds); folded in sequence order whatever order updates arrive in."""
+        self.fold.put(seq, seq, discount, result, payload)
 
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Apply the round's mean delta to the global adapter; return (global, round stats)."""
-        before = self.opt.state()
-        s = self.server
-        combined, fallback = self.deltas.mean(), False
-        if s["aggregation"] != "mean" and self.held:
-            combined, fallback = combine(s["aggregation"], self.held, s["trim_fraction"], s["krum_byzantine"],
-                                         s["krum_select"])
-        self.global_state = self.opt.step(self.global_state, combined)
-        self.opt_states, self.finished = {"current": self.opt.state(), "before": before}, self.round
+        """Combine the round's updates, step the global state; return (global, round stats)."""
+        before = self.strategy.state()
+        combined, control, info = self.combiner.result()
+        self.global_state = self.strategy.apply(self.global_state, combined, control)
+        self.opt_states, self.finished = {"current": self.strategy.state(), "before": before}, self.round
         ordered = [self.results[i] for i in sorted(self.results)]
         stats = {
-            "aggregated": self.deltas.count + len(self.held),
             "received": len(ordered),
             "quarantined": sum(not r.finite for r in ordered),
             "clipped": self.clipped,
-            "robust_fallback": bool(fallback),
+            "robust_fallback": False,
+            "holds_cohort": self.combiner.holds_cohort,
+            **info,
             "rows_dropped": sum(r.rows_dropped for r in ordered),
             "train_loss": self.loss_sum / self.loss_weight if self.loss_weight else None,
             "results": ordered,
@@ -92,6 +97,10 @@ class Aggregator:
             "global_sha": state_digest(self.global_state),
         }
         return self.global_state, stats
+
+    def checkpointed(self, rnd: int) -> None:
+        """A checkpoint of round `rnd` is on disk: client-state writes it supersedes can go."""
+        self.store.checkpointed(rnd)
 
     def server_state(self, rnd: int) -> dict[str, Any]:
         """The server optimizer's state as it was when global version `rnd` was made (a checkpoint after round

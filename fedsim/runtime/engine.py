@@ -115,12 +115,13 @@ def run(
     s = _scenario(scenario, overrides, resume)
     spec, ray, con, model_dir, data, pop, profile, schedule = _prepare(s, quiet, timing)
     from fedsim.adversary import adversary_mask
-    from fedsim.client_round import ClientTask
-    from fedsim.metrics.records import DeviceTotals, client_columns, device_columns, round_row, summarize
+    from fedsim.metrics.records import DeviceTotals, summarize
+    from fedsim.rounds import run_rounds
     from fedsim.rundir import RunResult, open_run_dir, write_summary
     from fedsim.runtime import checkpoint
     from fedsim.runtime.cluster import pool_size
     from fedsim.runtime.pool import Pool, WorkerLost
+    from fedsim.strategies.privacy import accountant_for
 
     if resume is None:
         run_dir, state, versions, rows = open_run_dir(out, s, overwrite), None, None, []
@@ -144,36 +145,13 @@ def run(
             totals = DeviceTotals(pop.device_names)
         last = min(s.server.rounds, stop_after or s.server.rounds)
         con.start(s.server.rounds, done=len(rows))
-        for rnd in range(len(rows) + 1, last + 1):
-            t_round = time.perf_counter()
-            before = (copy.deepcopy(schedule.state()), dict(pool.versions), copy.deepcopy(totals))
-            plan = schedule.next_round(rnd)
-            tasks = [ClientTask(int(c), rnd, int(d), int(v), data.client_rows(int(c)), s.training.proximal_mu,
-                                bool(adversaries[c]))
-                     for c, d, v in zip(plan.to_train, plan.train_dispatch, plan.train_versions)]
-            timing.setdefault("first_dispatch", time.time())
-            due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
-            try:
-                stats = pool.train_round(rnd, tasks, [float(w) for w in plan.train_weights],
-                                         schedule.min_live_version())
-                if "first_round" not in timing:
-                    timing["first_round"] = time.time()
-                    pool.check_ready()  # every worker loaded (one may have had no task yet)
-                    timing["workers_ready"] = time.time()
-                initial = _resolved(pool, initial)
-                eval_loss = pool.evaluate() if due else None
-            except (WorkerLost, ray.exceptions.RayError) as lost:
-                raise _abort(run_dir, pool, rnd, before, initial, lost) from None
-            row = round_row(plan, stats, eval_loss, time.perf_counter() - t_round, profile)
-            pool.record(row, client_columns(plan, pop, data.sizes, stats["results"], profile.quantizations,
-                                            adversaries))
-            rows.append(row)
-            totals.add(device_columns(plan, pop))
-            con.update(row)
-            if rnd == last or (s.runtime.checkpoint_every and rnd % s.runtime.checkpoint_every == 0):
-                pool.flush()
-                checkpoint.save(run_dir, rnd, {"schedule": schedule.state(), "totals": totals, "initial": initial,
-                                               "server_opt": pool.server_state(rnd)}, pool.version_states())
+        plane = TrainPlane(s, run_dir, pool, schedule, data, pop, profile, adversaries, con, rows, totals, timing,
+                           initial, last)
+        try:
+            run_rounds(schedule, plane, len(rows) + 1, last, profile, accountant_for(s))
+        except (WorkerLost, ray.exceptions.RayError) as lost:
+            raise _abort(run_dir, pool, plane.rnd, plane.snapshot, plane.initial, lost) from None
+        initial = plane.initial
         timing["last_round"] = time.time()
         try:
             _write_adapter(run_dir / "adapter", pool.export_adapter())
@@ -207,6 +185,69 @@ def run(
     start_report(run_dir, report)
     con.finish(summary, str(run_dir))
     return RunResult(summary, rows, run_dir)
+
+
+class TrainPlane:
+    """The round loop's plane in train mode: configure and train the plan's clients on the pool, evaluate when
+    due, record the round, checkpoint when due; keeps what an abort needs (the state before the round)."""
+
+    def __init__(self, s: Scenario, run_dir: Path, pool, schedule, data, pop, profile, adversaries, con,
+                 rows: list, totals, timing: dict, initial: dict, last: int):
+        from fedsim.strategies.base import Strategy
+
+        self.s, self.run_dir, self.pool, self.schedule, self.data = s, run_dir, pool, schedule, data
+        self.pop, self.profile, self.adversaries, self.con = pop, profile, adversaries, con
+        self.rows, self.totals, self.timing, self.initial, self.last = rows, totals, timing, initial, last
+        self.strategy = Strategy(s)
+        self.sizes = data.sizes
+        self.rnd, self.snapshot, self._results = 0, None, []
+
+    def before(self, rnd: int) -> None:
+        """Keep the state before step `rnd`: what an abort checkpoints."""
+        self.rnd = rnd
+        self.snapshot = (copy.deepcopy(self.schedule.state()), dict(self.pool.versions), copy.deepcopy(self.totals))
+
+    def train(self, plan):
+        """Configure the clients the plan uses (strategy), train and fold them on the pool, evaluate if due."""
+        from fedsim.client_round import ClientTask
+        from fedsim.rounds import Trained
+        from fedsim.schedules.base import INELIGIBLE
+
+        s, rnd, data = self.s, plan.round, self.data
+        cohort = plan.columns["client_id"][plan.columns["status"] != INELIGIBLE]  # U1 of secure aggregation
+        secagg = self.strategy.secagg_task(cohort)
+        tasks = [ClientTask(int(c), rnd, int(d), int(v), data.client_rows(int(c)),
+                            self.strategy.client_config(bool(self.adversaries[c]), secagg))
+                 for c, d, v in zip(plan.to_train, plan.train_dispatch, plan.train_versions)]
+        self.timing.setdefault("first_dispatch", time.time())
+        stats = self.pool.train_round(rnd, tasks, [float(w) for w in plan.train_weights],
+                                      self.schedule.min_live_version(), secagg)
+        if "first_round" not in self.timing:
+            self.timing["first_round"] = time.time()
+            self.pool.check_ready()  # every worker loaded (one may have had no task yet)
+            self.timing["workers_ready"] = time.time()
+        self.initial = _resolved(self.pool, self.initial)
+        self._results = stats["results"]
+        due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
+        return Trained(stats, self.pool.evaluate() if due else None)
+
+    def record(self, plan, row: dict) -> None:
+        """Ledger rows (by the aggregator), totals, console; a checkpoint when one is due."""
+        from fedsim.metrics.records import client_columns, device_columns
+        from fedsim.runtime import checkpoint
+
+        rnd, s = plan.round, self.s
+        self.pool.record(row, client_columns(plan, self.pop, self.data.sizes, self._results,
+                                             self.profile.quantizations, self.adversaries))
+        self.rows.append(row)
+        self.totals.add(device_columns(plan, self.pop))
+        self.con.update(row)
+        if rnd == self.last or (s.runtime.checkpoint_every and rnd % s.runtime.checkpoint_every == 0):
+            self.pool.flush()
+            checkpoint.save(self.run_dir, rnd, {"schedule": self.schedule.state(), "totals": self.totals,
+                                                "initial": self.initial, "server_opt": self.pool.server_state(rnd)},
+                            self.pool.version_states())
+            self.pool.checkpointed(rnd)
 
 
 def _resolved(pool, initial: dict) -> dict:

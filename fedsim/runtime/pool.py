@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsim.client_round import ClientTask
+from fedsim.client_round import ClientTask, SecAggTask
 from fedsim.errors import ConfigError, one_line
 from fedsim.runtime.aggregator import Aggregator
 from fedsim.runtime.cluster import worker_env
@@ -26,6 +26,16 @@ class WorkerLost(RuntimeError):
         self.task = task
         super().__init__(f"a worker actor was lost while training client {task.client} of round {task.round} "
                          f"({reason})")
+
+
+def _previous_same_client(tasks: list[ClientTask]) -> list[int]:
+    """For each task, the index of the same client's previous task in the list (-1 if none)."""
+    last: dict[int, int] = {}
+    out = []
+    for i, t in enumerate(tasks):
+        out.append(last.get(t.client, -1))
+        last[t.client] = i
+    return out
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -56,7 +66,7 @@ class Pool:
         self.aggregator = (
             ray.remote(Aggregator)
             .options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False), **env)
-            .remote(run_dir, versions[max(versions)], scenario["server"], resume[1] if resume else None,
+            .remote(run_dir, versions[max(versions)], scenario, resume[1] if resume else None,
                     resume[2] if resume else None, max(versions))
         )
         self.global_ref = self.aggregator.current.remote()
@@ -82,22 +92,33 @@ class Pool:
             if err:
                 raise RuntimeError(err[1])
 
-    def train_round(self, rnd: int, tasks: list[ClientTask], weights: list[float],
-                    keep_versions_from: int) -> dict[str, Any]:
-        """Train `tasks` in arrival order, each from the global version it was dispatched with, fold them with
-        `weights` (staleness discounts); aggregate into version `rnd`; forget versions older than
-        `keep_versions_from`. Raises WorkerLost if any task's result is lost."""
+    def train_round(self, rnd: int, tasks: list[ClientTask], weights: list[float], keep_versions_from: int,
+                    secagg: SecAggTask | None = None) -> dict[str, Any]:
+        """Train `tasks` in arrival order, each from the global version it was dispatched with (and, SCAFFOLD,
+        with its client's stored state), fold them with `weights` (staleness discounts); aggregate into version
+        `rnd`; forget versions older than `keep_versions_from`. Raises WorkerLost if any task's result is lost.
+
+        A client's state is asked of the aggregator after every earlier update has been handed to it, so a
+        client trained twice in one FedBuff step reads what its first update wrote (actor calls run in order).
+        """
         ray, agg = self.ray, self.aggregator
-        agg.begin.remote(rnd)
+        agg.begin.remote(rnd, secagg)
+        stateful = any(t.config.objective == "scaffold" for t in tasks)
+        previous = _previous_same_client(tasks) if stateful else [-1] * len(tasks)
         load = [0] * len(self.workers)
         pending: dict[Any, tuple[int, int, Any]] = {}
         unfinished: set[int] = set()
+        put = 0  # every task before this one has been handed to the aggregator
+        handed: set[int] = set()
         nxt = 0
         while nxt < len(tasks) or pending:
-            while nxt < len(tasks) and len(pending) < self.window and nxt < min(unfinished, default=nxt) + self.window:
+            while (nxt < len(tasks) and len(pending) < self.window and previous[nxt] < put
+                   and nxt < min(unfinished, default=nxt) + self.window):
                 w = load.index(min(load))
+                task = tasks[nxt]
+                state = agg.client_state.remote(task.client) if stateful else None
                 stats, update = self.workers[w].train.options(num_returns=2).remote(
-                    tasks[nxt], self.versions[tasks[nxt].version])
+                    task, self.versions[task.version], state)
                 pending[stats], load[w] = (nxt, w, update), load[w] + 1
                 unfinished.add(nxt)
                 nxt += 1
@@ -114,7 +135,10 @@ class Pool:
                     raise WorkerLost(tasks[seq], f"got the result of client {result.client} instead")
                 load[w] -= 1
                 unfinished.discard(seq)
-                agg.put.remote(seq, weights[seq], 1.0, result, update)
+                agg.put.remote(seq, weights[seq], result, update)
+                handed.add(seq)
+                while put in handed:
+                    put += 1
         self.global_ref, stats_ref = agg.finish.options(num_returns=2).remote()
         self.versions[rnd] = self.global_ref
         self.versions = {v: ref for v, ref in self.versions.items() if v >= keep_versions_from or v == rnd}
@@ -122,6 +146,10 @@ class Pool:
         if stats["received"] != len(tasks):  # defensive: every dispatched update must be accounted for
             raise WorkerLost(tasks[-1], f"{len(tasks) - stats['received']} update(s) never reached the aggregator")
         return stats
+
+    def checkpointed(self, rnd: int) -> None:
+        """Tell the aggregator a checkpoint of round `rnd` is on disk (its client-state store may forget)."""
+        self.aggregator.checkpointed.remote(rnd)
 
     def server_state(self, rnd: int) -> dict:
         """The server optimizer's state that goes with global version `rnd` (for a checkpoint)."""

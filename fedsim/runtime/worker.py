@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.client_round import ClientResult, ClientTask, state_digest
+from fedsim.costs.compression import cast, compress
 from fedsim.errors import ConfigError, one_line
 from fedsim.scenario.schema import Scenario
 
@@ -70,30 +71,86 @@ class Worker:
         self._check()
         return self.lm.get_state()
 
-    def train(self, task: ClientTask, global_state: dict) -> tuple[ClientResult, dict[str, np.ndarray]]:
-        """Train one client from `global_state` (the version it was dispatched with); returns its statistics
-        and its update as the server decodes it (called with num_returns=2: two object references)."""
-        from fedsim.costs.compression import cast, compress
+    def train(self, task: ClientTask, global_state: dict, client_state: dict | None = None
+              ) -> tuple[ClientResult, dict[str, dict[str, np.ndarray]]]:
+        """Train one client from `global_state` (the version it was dispatched with; SCAFFOLD: with the server
+        variate c in it, and the client's own c_i in `client_state`) under its task's `ClientConfig`; returns its
+        statistics and its payload as the server decodes it: "delta" (or, under secure aggregation, "masked"),
+        SCAFFOLD's "control" and the "client_state" it keeps (called with num_returns=2: two references)."""
         from fedsim.models.local import train_client
+        from fedsim.strategies import scaffold
 
         self._check()
-        c = self.s.costs  # the client trains from the global as received and the server decodes what it sent
+        c, cfg = self.s.costs, task.config  # the client trains from the global as received; the server decodes it
         ids, labels, dropped = self.data.client(task.client, task.rows)
         trained_from = state_digest(global_state)
         if len(ids) == 0:
             return ClientResult(task.client, task.dispatch, 0, math.nan, trained_from, False, dropped), {}
-        received = {k: cast(v, c.transmit_dtype) for k, v in global_state.items()}
-        delta, loss = train_client(self.lm, received, ids, labels, self.s.training, self.s.seed, task.dispatch,
-                                   task.client, task.proximal_mu)
-        if task.adversarial:
+        received = {k: cast(v, c.transmit_dtype) for k, v in scaffold.adapter_part(global_state).items()}
+        payload: dict[str, dict[str, np.ndarray]] = {}
+        correction = None
+        if cfg.objective == "scaffold":
+            server_c = {k: cast(v, c.transmit_dtype) for k, v in scaffold.server_variate(global_state).items()}
+            correction = {k: server_c[k] - client_state[k] for k in server_c}
+        mu = cfg.proximal_mu if cfg.objective == "fedprox" else 0.0
+        delta, losses = train_client(self.lm, received, ids, labels, self.s.training, self.s.seed, task.dispatch,
+                                     task.client, mu, correction)
+        if cfg.objective == "scaffold":
+            t = self.s.training
+            plus, control = scaffold.client_variate_update(client_state, server_c, delta, t.local_steps, t.lr)
+            payload["client_state"], payload["control"] = plus, self._wire(control)
+        delta, clipped = self._privatize(task, delta)
+        if cfg.secagg is not None:
+            payload["masked"] = self._mask(task, delta, len(ids))
+        else:
+            payload["delta"] = self._wire(delta)
+        loss = float(np.mean(losses))
+        # what the server would fold: a float16 wire format overflows to inf above 65504
+        finite = math.isfinite(loss) and all(np.isfinite(v).all() for v in [*delta.values(),
+                                                                            *payload.get("delta", {}).values()])
+        return ClientResult(task.client, task.dispatch, len(ids), loss, trained_from, finite, dropped,
+                            float(np.mean(np.square(losses))), clipped), payload
+
+    def _wire(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Tensors as the server decodes them after the wire format and upload compression."""
+        c = self.s.costs
+        return {k: compress(v, c.transmit_dtype, c.upload_compression, c.topk_fraction) for k, v in tensors.items()}
+
+    def _privatize(self, task: ClientTask, delta: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+        """The update the client releases: attacked if it is an adversary; clipped to S and noised with its
+        share of the Gaussian noise when DP is done by the clients (McMahan et al. 2018)."""
+        from fedsim.rng import stream
+        from fedsim.strategies.robust import clip_norm
+
+        cfg = task.config
+        if cfg.adversarial:
             from fedsim.adversary import attack
 
             adv = self.s.population.adversaries
             delta = attack(adv.attack, adv.scale, delta, self.s.seed, task.dispatch, task.client)
-        sent = {k: compress(v, c.transmit_dtype, c.upload_compression, c.topk_fraction) for k, v in delta.items()}
-        # what the server would fold: a float16 wire format overflows to inf above 65504
-        finite = math.isfinite(loss) and all(np.isfinite(v).all() for v in sent.values())
-        return ClientResult(task.client, task.dispatch, len(ids), loss, trained_from, finite, dropped), sent
+        clipped = False
+        if cfg.clip_norm is not None:
+            delta, clipped = clip_norm(delta, cfg.clip_norm)
+        if cfg.noise_std > 0:
+            rng = stream(self.s.seed, "dp-client-noise", task.dispatch, task.client)
+            delta = {k: (delta[k] + rng.normal(0.0, cfg.noise_std, delta[k].shape)).astype(np.float32)
+                     for k in sorted(delta)}
+        return delta, clipped
+
+    def _mask(self, task: ClientTask, delta: dict[str, np.ndarray], samples: int) -> dict[str, np.ndarray]:
+        """Secure aggregation's client side: encode (w_i Delta_i, w_i) in fixed point, add the pairwise and self
+        masks of its cohort (Bonawitz et al. 2017)."""
+        from fedsim.strategies.combine import WEIGHT_KEY
+        from fedsim.strategies.secagg import FixedPoint, SecAggRound
+
+        sa = task.config.secagg
+        codec = FixedPoint(sa.bits, sa.frac_bits)
+        w = samples / sa.weight_scale if sa.weight_scale > 0 else 1.0
+        n = len(sa.cohort)
+        encoded = {k: codec.encode(np.asarray(v, np.float64) * w, n)[0] for k, v in delta.items()}
+        encoded[WEIGHT_KEY] = codec.encode(np.array([w]), n)[0]
+        protocol = SecAggRound(self.s.seed, task.round, [int(x) for x in sa.cohort], sa.threshold, codec)
+        return protocol.mask(task.client, encoded)
 
     def evaluate(self, global_state: dict) -> float:
         """Eval loss of the global adapter on the held-out set."""
@@ -105,12 +162,21 @@ class Worker:
         return evaluate(self.lm, global_state, *self._eval)
 
     def export_adapter(self, global_state: dict) -> dict[str, bytes]:
-        """The global adapter as files written by peft's `save_pretrained` (returned as bytes: works across nodes)."""
+        """The global adapter as files written by peft's `save_pretrained` (returned as bytes: works across nodes),
+        byte-identical for identical runs (adapter_config.json's lists sorted)."""
         self._check()
         self.lm.set_state(global_state)
         with tempfile.TemporaryDirectory() as tmp:
             self.lm.model.save_pretrained(tmp)
-            return {str(p.relative_to(tmp)): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
+            files = {str(p.relative_to(tmp)): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
+        if "adapter_config.json" in files:  # peft writes target_modules from a set: its order follows the hash seed
+            import json
+
+            config = json.loads(files["adapter_config.json"])
+            if isinstance(config.get("target_modules"), list):
+                config["target_modules"] = sorted(config["target_modules"])
+            files["adapter_config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+        return files
 
     def pid(self) -> int:
         """Process id (tests use it to check that clients are multiplexed on few processes, or to kill one)."""

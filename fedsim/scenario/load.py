@@ -101,6 +101,7 @@ def _check(s: Scenario, raw: dict[str, Any], base: Path) -> dict[str, Any]:
     if not s.peft.target_modules:
         raise ConfigError("peft.target_modules", "expected at least one module name (or [all-linear])")
     _check_robust_rule(s)
+    _check_strategy(s)
     if s.data.samples_per_client.min > s.data.samples_per_client.max:
         raise ConfigError("data.samples_per_client.min", "must be <= data.samples_per_client.max")
     for key, name in (("model.name", s.model.name), ("model.cost_as", s.model.cost_as)):
@@ -204,6 +205,34 @@ def _check_robust_rule(s: Scenario) -> None:
     if sv.aggregation == "trimmed_mean" and sv.trim_fraction > 0 and math.floor(sv.trim_fraction * n) == 0:
         raise ConfigError("server.trim_fraction", f"{sv.trim_fraction} of {n} updates ({what}) trims none; "
                                                   f"use at least {1 / n:.3g}")
+
+
+def _check_strategy(s: Scenario) -> None:
+    """Combinations a strategy's paper does not define are refused with the reason, not silently run."""
+    sv, dp, sa = s.server, s.privacy.dp, s.privacy.secagg
+    mu = s.training.proximal_mu
+    if sv.strategy == "fedprox" and mu == 0:
+        raise ConfigError("training.proximal_mu", "server.strategy fedprox needs a proximal mu > 0 (Li et al. 2020)")
+    if sv.strategy != "fedprox" and mu > 0:
+        raise ConfigError("training.proximal_mu", f"a proximal term is FedProx: set server.strategy: fedprox "
+                                                  f"(it is {sv.strategy})")
+    if sv.strategy == "scaffold" and sv.aggregation != "mean":
+        raise ConfigError("server.aggregation", "SCAFFOLD's control variates are defined for the mean only")
+    for on, key, what in ((dp.enabled, "privacy.dp.enabled", "DP's accountant assumes Poisson-sampled rounds"),
+                          (sa.enabled, "privacy.secagg.enabled", "secure aggregation masks a round's cohort")):
+        if on and sv.schedule == "async":
+            raise ConfigError(key, f"{what}; it is not simulated with server.schedule async (FedBuff)")
+        if on and sv.aggregation != "mean":
+            raise ConfigError(key, f"needs server.aggregation mean (it is {sv.aggregation}): a robust rule "
+                                   "needs the individual updates")
+    if dp.enabled and sv.weighting != "uniform":
+        raise ConfigError("server.weighting", "DP-FedAvg bounds each client's influence: use server.weighting "
+                                              "uniform with privacy.dp (McMahan et al. 2018)")
+    if sa.enabled and sv.strategy == "scaffold":
+        raise ConfigError("privacy.secagg.enabled", "SCAFFOLD's control variates are not masked: not simulated")
+    if sa.enabled and sv.clip_norm is not None:
+        raise ConfigError("server.clip_norm", "the server cannot clip updates it only sees masked (secure "
+                                              "aggregation); use privacy.dp.clip_norm, applied by the clients")
 
 
 def load_cluster(name: str) -> ClusterSpec:

@@ -162,6 +162,18 @@ class AsyncConfig:
 
 
 @dataclass(frozen=True, config=_CFG)
+class OortSelection:
+    """Oort's guided participant selection (Lai et al. 2021, §4); defaults are the paper's / FedScale's."""
+
+    exploration: Prob = 0.9  # initial share of each cohort spent on clients never tried
+    exploration_decay: Prob = 0.98  # per round
+    exploration_min: Prob = 0.3
+    straggler_penalty: NonNegFloat = 2.0  # alpha in (T / t_i)^alpha for clients slower than T
+    pacer_window: PosInt = 20  # W: rounds between pacer decisions
+    round_threshold: Annotated[float, Field(gt=0, le=100)] = 30.0  # percentile of durations giving T
+
+
+@dataclass(frozen=True, config=_CFG)
 class ServerConfig:
     """Server strategy and sync schedule (Bonawitz et al. 2019 over-selection and deadline)."""
 
@@ -174,7 +186,16 @@ class ServerConfig:
     target_loss: PosFloat | None = None  # report the virtual time at which eval loss first reaches it
     # "async" is FedBuff (Nguyen et al. 2022): `rounds` counts server aggregations.
     async_: AsyncConfig = Field(default_factory=lambda: AsyncConfig(), alias="async")
-    strategy: Literal["fedavg"] = "fedavg"
+    # The client objective: fedavg (plain local training), fedprox (training.proximal_mu; Li et al. 2020),
+    # scaffold (control variates; Karimireddy et al. 2020). See fedsim.strategies.
+    strategy: Literal["fedavg", "fedprox", "scaffold"] = "fedavg"
+    # Who is asked to train: uniform among online clients; eligible (only devices that can hold the model check
+    # in, as in production: Bonawitz et al. 2019); oort (Lai et al. 2021: statistical x system utility).
+    selection: Literal["uniform", "eligible", "oort"] = "uniform"
+    oort: OortSelection = Field(default_factory=OortSelection)
+    # A client's weight in the mean: its number of samples (McMahan et al. 2017) or 1 (uniform; what DP-FedAvg's
+    # sensitivity bound needs). FedBuff's staleness discount multiplies either.
+    weighting: Literal["samples", "uniform"] = "samples"
     # None: 1 for sgd (FedAvg), 1 - momentum for momentum (effective rate lr / (1 - momentum) = 1, as Hsu et al.
     # 2019 keep it), 1e-2 for adagrad/adam/yogi (whose steps are ~lr per coordinate; Reddi et al. 2021 tune it).
     server_lr: PosFloat | None = None
@@ -195,6 +216,38 @@ class ServerConfig:
     tau: PosFloat = 1e-3
     eval_every: NonNegInt = 5  # 0: only initial and final evaluation
     retry_after_s: PosFloat = 60.0  # a round that finds nobody online waits this long before the next one
+
+
+@dataclass(frozen=True, config=_CFG)
+class DPConfig:
+    """Client-level differential privacy: DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private
+    Recurrent Language Models"): each update clipped to `clip_norm`, Gaussian noise of std noise_multiplier x
+    clip_norm on the sum (added by the server, or in shares by the clients: `noise: client`), divided by the
+    expected cohort; epsilon(delta) per round from Google's dp-accounting RDP accountant."""
+
+    enabled: bool = False
+    noise_multiplier: NonNegFloat = 1.0  # z
+    clip_norm: PosFloat = 0.1  # S, in L2 over the whole adapter update
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    noise: Literal["server", "client"] = "server"
+
+
+@dataclass(frozen=True, config=_CFG)
+class SecAggConfig:
+    """Secure aggregation (Bonawitz et al. 2017): the server learns only the sum of the cohort's updates."""
+
+    enabled: bool = False
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.5  # Shamir t as a share of the cohort (U1)
+    bits: Literal[32, 64] = 32  # fixed-point word: arithmetic is modulo 2^bits
+    frac_bits: Annotated[int, Field(ge=0, le=48)] = 20
+
+
+@dataclass(frozen=True, config=_CFG)
+class PrivacyConfig:
+    """Privacy mechanisms, each off by default."""
+
+    dp: DPConfig = Field(default_factory=DPConfig)
+    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
 
 
 @dataclass(frozen=True, config=_CFG)
@@ -241,6 +294,7 @@ class Scenario:
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     population: PopulationConfig = Field(default_factory=PopulationConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     costs: CostsConfig = Field(default_factory=CostsConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 from fedsim.clock import Clock
 from fedsim.costs.profile import CostProfile
 from fedsim.population import Population
@@ -32,6 +34,9 @@ class Schedule(Protocol):
 
     def restore(self, state: dict) -> None:
         """Continue from a `state()`."""
+
+    def feedback(self, plan: RoundPlan, results: list | None, sizes: np.ndarray | None) -> None:
+        """What a finished step taught its client selection (train mode: the used clients' results)."""
 
 
 def make_schedule(s: Scenario, pop: Population, profile: CostProfile, clock: Clock | None = None) -> Schedule:

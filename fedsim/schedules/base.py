@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,11 @@ class RoundPlan:
         return used[np.argsort(c["start_s"][used] + c["finish_s"][used], kind="stable")]
 
     @property
+    def train_index(self) -> np.ndarray:
+        """Row indices of the clients whose update the server uses, in arrival (fold) order."""
+        return self._used_order
+
+    @property
     def to_train(self) -> np.ndarray:
         """Client ids whose update the server uses, in arrival (fold) order."""
         return self.columns["client_id"][self._used_order]
@@ -77,8 +83,17 @@ def online_probability(s: Scenario, pop: Population, ids: np.ndarray, now: float
     return np.clip(p, 0.0, 1.0)
 
 
+def online_now(s: Scenario, pop: Population, ids: np.ndarray, now: float, rng: np.random.Generator) -> np.ndarray:
+    """Which of `ids` are online at `now`: inside a behaviour-trace window, else one Bernoulli draw each with
+    the client's (diurnally modulated) availability."""
+    if pop.windows is not None:
+        return pop.windows.online(ids, now)
+    return rng.random(len(ids)) < online_probability(s, pop, ids, now)
+
+
 def select(s: Scenario, pop: Population, rnd: int, now: float, want: int | None = None,
-           exclude: np.ndarray | None = None, key: int = 0) -> np.ndarray:
+           exclude: np.ndarray | None = None, key: int = 0,
+           checkin: Callable[[np.ndarray], np.ndarray] | None = None, name: str = "select") -> np.ndarray:
     """Up to `want` (default ceil(K x over_selection)) distinct clients online at `now`, uniformly among them;
     fewer only when fewer are online.
 
@@ -87,13 +102,14 @@ def select(s: Scenario, pop: Population, rnd: int, now: float, want: int | None 
     batches sized from the online share seen so far (so a diurnal trough costs a second, larger batch rather
     than an undersized round); once a batch would cover a quarter of the clients not yet looked at, the rest
     are looked at in a random order. Work is O(clients looked at), not O(population), in the usual case.
-    `exclude` (e.g. clients already in flight) are never chosen.
+    `exclude` (e.g. clients already in flight) are never chosen; `checkin` (ids -> mask) keeps only the
+    online clients that check in (e.g. those whose device can hold the model).
     """
     if want is None:
         want = math.ceil(s.server.clients_per_round * s.server.over_selection)
     if want <= 0:
         return np.zeros(0, np.int64)
-    rng = stream(s.seed, "select", rnd, key)
+    rng = stream(s.seed, name, rnd, key)
     excl = np.zeros(0, np.int64) if exclude is None else np.unique(np.asarray(exclude, np.int64))
     seen = np.zeros(0, np.int64)
     found: list[np.ndarray] = []
@@ -108,10 +124,9 @@ def select(s: Scenario, pop: Population, rnd: int, now: float, want: int | None 
             cand = cand[~np.isin(cand, seen)]
         seen = np.union1d(seen, cand)
         cand = cand[~np.isin(cand, excl)]
-        if pop.windows is not None:
-            is_online = pop.windows.online(cand, now)
-        else:
-            is_online = rng.random(len(cand)) < online_probability(s, pop, cand, now)
+        is_online = online_now(s, pop, cand, now, rng)
+        if checkin is not None:
+            is_online &= checkin(cand)
         hits = cand[is_online][: want - n_found]
         found.append(hits)
         n_found += len(hits)

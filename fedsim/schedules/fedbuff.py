@@ -33,8 +33,8 @@ from fedsim.schedules.base import (
     RoundPlan,
     book,
     failure_offsets,
-    select,
 )
+from fedsim.schedules.selection import make_selector
 
 _ARRIVE, _FAIL = 0, 1
 
@@ -59,6 +59,7 @@ class FedBuffSchedule:
                                             f"device has {pop.memory_bytes.max() / 1e9:.3g} GB)")
         self.clock = clock if clock is not None else Clock()
         self.version = 0
+        self.selector = make_selector(s, pop, profile)
         self.inflight: dict[int, dict] = {}  # dispatch seq -> client record
         self.seq = 0
         self.batch = 0
@@ -72,13 +73,18 @@ class FedBuffSchedule:
     def state(self) -> dict:
         """Checkpointable state: the clock with its pending arrivals/failures, clients in flight, counters."""
         return {"clock": self.clock.state(), "version": self.version, "inflight": self.inflight, "seq": self.seq,
-                "batch": self.batch, "resolved": self._resolved}
+                "batch": self.batch, "resolved": self._resolved, "selector": self.selector.state()}
 
     def restore(self, state: dict) -> None:
         """Continue from `state()`."""
         self.clock = Clock.from_state(state["clock"])
         self.version, self.seq, self.batch = state["version"], state["seq"], state["batch"]
         self.inflight, self._resolved = dict(state["inflight"]), list(state["resolved"])
+        self.selector.restore(state.get("selector"))
+
+    def feedback(self, plan: RoundPlan, results: list | None, sizes: np.ndarray | None) -> None:
+        """Hand a finished step's outcome to the selector (Oort learns utilities from it)."""
+        self.selector.feedback(plan, results, sizes)
 
     def _dispatch(self, rnd: int) -> None:
         """Fill every free slot with online clients not in flight, at the current virtual time.
@@ -91,7 +97,7 @@ class FedBuffSchedule:
         while (free := self.cfg.concurrency - len(self.inflight)) > 0:
             self.batch += 1
             busy = np.array([r["client"] for r in self.inflight.values()] + tried, dtype=np.int64)
-            ids = select(s, pop, rnd, self.clock.now, want=free, exclude=busy, key=self.batch)
+            ids = self.selector.choose(rnd, self.clock.now, free, busy, self.batch)
             if len(ids) == 0:
                 return
             tried.extend(int(c) for c in ids)

@@ -5,10 +5,12 @@ and leaves the model unchanged.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fedsim.clock import Clock
-from fedsim.costs.profile import CostProfile, phase_times
+from fedsim.costs.profile import CostProfile, phase_times, secagg_server_s
 from fedsim.population import Population
 from fedsim.rng import stream
 from fedsim.scenario.schema import Scenario
@@ -20,8 +22,8 @@ from fedsim.schedules.base import (
     RoundPlan,
     book,
     failure_offsets,
-    select,
 )
+from fedsim.schedules.selection import make_selector
 
 
 def close_round(arrive: np.ndarray, fail: np.ndarray, k: int, deadline: float | None) -> tuple[float, np.ndarray]:
@@ -52,24 +54,36 @@ class SyncSchedule:
         self.s, self.pop, self.profile = s, pop, profile
         self.clock = clock if clock is not None else Clock()
         self.version = 0
+        self.selector = make_selector(s, pop, profile)
 
     def min_live_version(self) -> int:
         """Every sync round trains from the latest global only."""
         return self.version
 
     def state(self) -> dict:
-        """Checkpointable state (the clock and the version; random draws are keyed by round)."""
-        return {"clock": self.clock.state(), "version": self.version}
+        """Checkpointable state (the clock, the version, what selection learned; random draws are keyed by
+        round)."""
+        return {"clock": self.clock.state(), "version": self.version, "selector": self.selector.state()}
 
     def restore(self, state: dict) -> None:
         """Continue from `state()`."""
         self.clock, self.version = Clock.from_state(state["clock"]), state["version"]
+        self.selector.restore(state.get("selector"))
+
+    def feedback(self, plan: RoundPlan, results: list | None, sizes: np.ndarray | None) -> None:
+        """Hand a finished round's outcome to the selector (Oort learns utilities from it)."""
+        self.selector.feedback(plan, results, sizes)
+
+    def secagg_threshold(self, cohort: int) -> int:
+        """Shamir's t for a cohort of that many clients (0 without secure aggregation): fewer survivors abort."""
+        sa = self.s.privacy.secagg
+        return max(2, math.ceil(sa.threshold * cohort)) if sa.enabled else 0
 
     def next_round(self, rnd: int) -> RoundPlan:
         """Select, time, fail and close round `rnd`; book every selected client's (partial) costs."""
         s, pop, clock = self.s, self.pop, self.clock
         start = clock.now
-        ids = select(s, pop, rnd, start)
+        ids = self.selector.choose(rnd, start)
         n = len(ids)
         jitter = stream(s.seed, "jitter", rnd).lognormal(0.0, s.population.round_jitter_sigma, n)
         t_down, t_comp, t_up, option = phase_times(self.profile, pop, ids, jitter)
@@ -80,12 +94,14 @@ class SyncSchedule:
         duration, completed = close_round(arrive, fail, s.server.clients_per_round, s.server.deadline_s)
         if n == 0:  # nobody online: the server waits before it tries again
             duration = s.server.retry_after_s
+        survivors = int(completed.sum())  # secure aggregation: unmask the survivors, recover the others' masks
+        duration += secagg_server_s(self.profile, survivors, int(eligible.sum()) - survivors)
         clock.clear(start + duration)
         dropped = np.isfinite(fail) & (fail <= duration)
         status = np.select([completed, dropped, eligible], [COMPLETED, DROPPED, LATE], INELIGIBLE).astype(np.int8)
         cut = np.select([completed, dropped, eligible], [total, fail, duration], 0.0)
         booked = book(self.profile, pop, ids, (t_down, t_comp, t_up), cut)
-        failed = int(completed.sum()) < s.server.min_quorum
+        failed = survivors < max(s.server.min_quorum, self.secagg_threshold(int(eligible.sum())))
         self.version = rnd
         return RoundPlan(rnd, start, duration, {
             "client_id": ids,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.scenario.schema import ServerConfig
 from fedsim.strategies.fedavg import apply_update
 
 Tensors = dict[str, np.ndarray]
@@ -81,9 +82,7 @@ def default_lr(kind: str, momentum: float) -> float:
     return {"sgd": 1.0, "momentum": 1.0 - momentum}.get(kind, 1e-2)
 
 
-def from_server_config(server: dict[str, Any]) -> ServerOptimizer:
-    """The optimizer a scenario's resolved `server` section names."""
-    lr = server["server_lr"] if server["server_lr"] is not None else default_lr(server["optimizer"],
-                                                                                 server["momentum"])
-    return ServerOptimizer(server["optimizer"], lr, server["momentum"], server["beta1"], server["beta2"],
-                           server["tau"])
+def from_server_config(sv: ServerConfig) -> ServerOptimizer:
+    """The optimizer a scenario's `server` section names."""
+    lr = sv.server_lr if sv.server_lr is not None else default_lr(sv.optimizer, sv.momentum)
+    return ServerOptimizer(sv.optimizer, lr, sv.momentum, sv.beta1, sv.beta2, sv.tau)

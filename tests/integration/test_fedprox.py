@@ -30,9 +30,9 @@ def test_the_proximal_term_keeps_local_training_near_the_global_model():
     start = lm.get_state()
     norms = {}
     for mu in (0.0, 0.5, 1.5):  # SGD on the quadratic term is stable while lr * mu < 2
-        delta, loss = train_client(lm, start, ids, labels, s.training, s.seed, 1, 7, proximal_mu=mu)
+        delta, losses = train_client(lm, start, ids, labels, s.training, s.seed, 1, 7, proximal_mu=mu)
         norms[mu] = float(np.sqrt(sum((d.astype(np.float64) ** 2).sum() for d in delta.values())))
-        assert np.isfinite(loss)
+        assert np.isfinite(losses).all() and len(losses) == 6
     assert norms[0.0] > norms[0.5] > norms[1.5] > 0
     assert norms[1.5] < 0.6 * norms[0.0]
 
@@ -40,7 +40,7 @@ def test_the_proximal_term_keeps_local_training_near_the_global_model():
 def test_the_worker_trains_with_the_mu_its_task_carries():
     """The contract's wiring: a ClientTask with proximal_mu reaches the local objective (no Ray: the worker
     class itself)."""
-    from fedsim.client_round import ClientTask
+    from fedsim.client_round import ClientConfig, ClientTask
     from fedsim.runtime.worker import Worker
     from fedsim.scenario import dump
 
@@ -52,8 +52,9 @@ def test_the_worker_trains_with_the_mu_its_task_carries():
     start = worker.initial_state()
     norms = []
     for mu in (0.0, 1.5):
-        task = ClientTask(7, 1, 1, 0, data.client_rows(7), proximal_mu=mu)
-        result, update = worker.train(task, start)
+        task = ClientTask(7, 1, 1, 0, data.client_rows(7), ClientConfig("fedprox" if mu else "fedavg", mu))
+        result, payload = worker.train(task, start)
+        update = payload["delta"]
         assert result.finite and result.client == 7
         norms.append(float(np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in update.values()))))
     assert norms[1] < 0.6 * norms[0]

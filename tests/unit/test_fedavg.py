@@ -6,7 +6,7 @@ import pytest
 from fedsim.scenario import dump, load
 from fedsim.strategies.fedavg import OrderedFold, WeightedMean, apply_update
 
-SERVER = dump(load({}))["server"]  # the default server section (FedAvg, lr 1)
+SCENARIO = dump(load({}))  # the default scenario (FedAvg, lr 1)
 
 
 def test_weighted_mean_by_hand():
@@ -65,10 +65,10 @@ def test_non_finite_updates_are_quarantined_not_folded(tmp_path):
     from fedsim.runtime.aggregator import Aggregator
 
     g = {"w": np.zeros(2, np.float32)}
-    agg = Aggregator(str(tmp_path), g, SERVER)
+    agg = Aggregator(str(tmp_path), g, SCENARIO)
     agg.begin(1)
-    agg.put(1, 1.0, 1.0, ClientResult(5, 1, 4, float("nan"), "x", False), {"w": np.full(2, np.nan, np.float32)})
-    agg.put(0, 1.0, 1.0, ClientResult(4, 1, 4, 0.5, "x", True), {"w": np.array([1.0, 2.0], np.float32)})
+    agg.put(1, 1.0, ClientResult(5, 1, 4, float("nan"), "x", False), {"delta": {"w": np.full(2, np.nan, np.float32)}})
+    agg.put(0, 1.0, ClientResult(4, 1, 4, 0.5, "x", True), {"delta": {"w": np.array([1.0, 2.0], np.float32)}})
     new, stats = agg.finish()
     np.testing.assert_array_equal(new["w"], [1.0, 2.0])
     assert stats["quarantined"] == 1 and stats["aggregated"] == 1 and stats["train_loss"] == 0.5
@@ -85,9 +85,9 @@ def test_an_update_that_overflows_the_wire_format_is_quarantined(tmp_path):
 
     sent = {"w": compress(np.array([1e5, 1.0], np.float32), "float16", "none", 1.0)}
     assert not np.isfinite(sent["w"]).all()
-    agg = Aggregator(str(tmp_path), {"w": np.zeros(2, np.float32)}, SERVER)
+    agg = Aggregator(str(tmp_path), {"w": np.zeros(2, np.float32)}, SCENARIO)
     agg.begin(1)
-    agg.put(0, 1.0, 1.0, ClientResult(1, 1, 4, 0.5, "x", True), sent)
+    agg.put(0, 1.0, ClientResult(1, 1, 4, 0.5, "x", True), {"delta": sent})
     new, stats = agg.finish()
     assert stats["quarantined"] == 1 and np.array_equal(new["w"], [0.0, 0.0])
     agg.close()

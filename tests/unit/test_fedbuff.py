@@ -17,7 +17,7 @@ ASYNC = {"server.schedule": "async", "population.num_clients": 300, "server.roun
          "population.hazard_per_hour": {"upload": 2.0}, "population.devices": {"phone-budget": 0.5, "laptop": 0.5}}
 
 
-SERVER = dump(load({}))["server"]  # the default server section (FedAvg, lr 1)
+SCENARIO = dump(load({}))  # the default scenario (FedAvg, lr 1)
 
 
 def _run(**over):
@@ -154,11 +154,11 @@ def test_fedbuff_step_is_not_renormalised_by_the_staleness_discount(tmp_path):
     steps = {}
     for staleness in (0, 3):
         (tmp_path / str(staleness)).mkdir()
-        agg = Aggregator(str(tmp_path / str(staleness)), {"d": np.zeros(2, np.float32)}, SERVER)
+        agg = Aggregator(str(tmp_path / str(staleness)), {"d": np.zeros(2, np.float32)}, SCENARIO)
         agg.begin(1)
         w = float(staleness_weight(cfg, np.array([staleness]))[0])
         for seq, x in enumerate(([2.0, 0.0], [0.0, 4.0])):
-            agg.put(seq, w, 1.0, ClientResult(seq, seq, 10, 1.0, "-", True), {"d": np.array(x, np.float32)})
+            agg.put(seq, w, ClientResult(seq, seq, 10, 1.0, "-", True), {"delta": {"d": np.array(x, np.float32)}})
         steps[staleness] = agg.finish()[0]["d"]
         agg.close()
     np.testing.assert_allclose(steps[0], [1.0, 2.0])  # (1/2)([2,0] + [0,4])

@@ -61,10 +61,10 @@ def test_a_stale_update_keeps_its_discount_under_a_robust_rule(tmp_path):
     from fedsim.runtime.aggregator import Aggregator
     from fedsim.scenario import dump, load
 
-    agg = Aggregator(str(tmp_path), {"w": np.zeros(1, np.float32)}, dump(load({}, {"server.aggregation": "median"}))["server"])
+    agg = Aggregator(str(tmp_path), {"w": np.zeros(1, np.float32)}, dump(load({}, {"server.aggregation": "median"})))
     agg.begin(1)
     for seq, (w, x) in enumerate(((1.0, 2.0), (0.25, 8.0), (1.0, 4.0))):
-        agg.put(seq, w, 1.0, ClientResult(seq, 1, 4, 0.5, "-", True), _u(x))
+        agg.put(seq, w, ClientResult(seq, 1, 4, 0.5, "-", True), {"delta": _u(x)})
     new, _ = agg.finish()
     assert new["w"][0] == pytest.approx(2.0)  # median of 2, 0.25 * 8 = 2, 4 (undiscounted it would be 4)
     agg.close()
@@ -82,10 +82,10 @@ def test_the_aggregator_applies_the_rule_and_clips_first(tmp_path):
     for name, over in (("mean", {}), ("median", {"server.aggregation": "median"}),
                        ("clipped", {"server.clip_norm": 2.0})):
         (tmp_path / name).mkdir()
-        agg = Aggregator(str(tmp_path / name), {"w": np.zeros(2, np.float32)}, dump(load({}, over))["server"])
+        agg = Aggregator(str(tmp_path / name), {"w": np.zeros(2, np.float32)}, dump(load({}, over)))
         agg.begin(1)
         for seq, u in enumerate(updates):
-            agg.put(seq, 1.0, 1.0, ClientResult(seq, 1, 4, 0.5, "-", True), u)
+            agg.put(seq, 1.0, ClientResult(seq, 1, 4, 0.5, "-", True), {"delta": u})
         out[name], stats = agg.finish()
         out[name + "_clipped"] = stats["clipped"]
         agg.close()

@@ -80,12 +80,12 @@ def test_the_aggregator_keeps_the_state_that_goes_with_each_version(tmp_path):
     from fedsim.runtime.aggregator import Aggregator
     from fedsim.scenario import dump, load
 
-    server = dump(load({}, {"server.optimizer": "adam"}))["server"]
+    server = dump(load({}, {"server.optimizer": "adam"}))
     agg = Aggregator(str(tmp_path), {"w": np.zeros(2, np.float32)}, server)
     states = {0: agg.server_state(0)}
     for rnd, delta in ((1, [0.5, -0.1]), (2, [-0.2, 0.3])):
         agg.begin(rnd)
-        agg.put(0, 1.0, 1.0, ClientResult(1, rnd, 4, 0.5, "-", True), {"w": np.array(delta, np.float32)})
+        agg.put(0, 1.0, ClientResult(1, rnd, 4, 0.5, "-", True), {"delta": {"w": np.array(delta, np.float32)}})
         agg.finish()
         states[rnd] = agg.server_state(rnd)
     assert [states[r]["steps"] for r in (0, 1, 2)] == [0, 1, 2]

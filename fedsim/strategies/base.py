@@ -1,0 +1,108 @@
+"""The strategy: one federation algorithm, assembled from six parts the way pfl-research and Flower split them.
+
+    selection      who is asked to train              fedsim.schedules.selection (uniform, eligible, Oort)
+    configuration  what each client is told           Strategy.client_config -> ClientConfig
+    objective      the local objective's hook         fedsim.models.local (FedProx term, SCAFFOLD correction)
+    weighting      a client's weight in the mean      Strategy.weight (samples or uniform, x staleness)
+    combination    how a step's updates combine       fedsim.strategies.combine (mean, robust, DP, SecAgg)
+    server opt     how the server applies it          fedsim.strategies.server_opt (Reddi et al. 2021)
+
+Parts with state keep it as plain data: the server optimizer's moments (`state()` / `restore()`, checkpointed
+by the aggregator), the selection's statistics (inside the schedule's state), SCAFFOLD's server variate (inside
+each global version) and client variates (the client-state store, `fedsim.client_state`). The aggregator only
+delegates here; nothing in this module needs Ray or torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedsim.client_round import ClientConfig, SecAggTask
+from fedsim.rng import stream
+from fedsim.scenario.schema import Scenario
+from fedsim.strategies import scaffold
+from fedsim.strategies.combine import Combiner, DPNoise, MeanCombiner, RobustCombiner, SecAggCombiner
+from fedsim.strategies.server_opt import from_server_config
+
+Tensors = dict[str, np.ndarray]
+
+
+class Strategy:
+    """The scenario's strategy; the driver asks it how to configure clients, the aggregator how to combine."""
+
+    def __init__(self, s: Scenario):
+        self.s, self.sv, self.dp, self.sa = s, s.server, s.privacy.dp, s.privacy.secagg
+        self.opt = from_server_config(self.sv)
+        self.client_clips = self.dp.enabled and (self.dp.noise == "client" or self.sa.enabled)
+
+    # -- driver side ------------------------------------------------------------------------------------------
+    def secagg_task(self, cohort: np.ndarray) -> SecAggTask | None:
+        """The round's secure-aggregation parameters for cohort U1 (None when SecAgg is off)."""
+        if not self.sa.enabled:
+            return None
+        cohort = np.sort(np.asarray(cohort, np.int64))
+        threshold = max(2, int(np.ceil(self.sa.threshold * len(cohort))))
+        scale = self.s.data.samples_per_client.mean if self.sv.weighting == "samples" else 0.0
+        return SecAggTask(cohort, threshold, self.sa.bits, self.sa.frac_bits, scale)
+
+    def client_config(self, adversarial: bool, secagg: SecAggTask | None = None) -> ClientConfig:
+        """What one client is told: its objective and mu, DP clipping / noise share it applies itself, its part
+        in secure aggregation, whether it attacks."""
+        noise = 0.0
+        if self.dp.enabled and self.dp.noise == "client":  # shares of N(0, z^2 S^2) over the expected cohort
+            noise = self.dp.noise_multiplier * self.dp.clip_norm / np.sqrt(self.sv.clients_per_round)
+        return ClientConfig(self.sv.strategy, self.s.training.proximal_mu, adversarial,
+                            self.dp.clip_norm if self.client_clips else None, float(noise), secagg,
+                            self.sv.weighting)
+
+    # -- aggregator side --------------------------------------------------------------------------------------
+    def initial(self, adapter: Tensors) -> Tensors:
+        """Global version 0: the adapter, plus SCAFFOLD's server variate c = 0 (a resumed version has its c)."""
+        if self.sv.strategy != "scaffold" or scaffold.server_variate(adapter):
+            return adapter
+        return scaffold.with_variate(adapter, scaffold.zeros_like(adapter))
+
+    def weight(self, discount: float, samples: int) -> tuple[float, float]:
+        """(weight, normaliser) of one update: samples x discount over samples (FedAvg / FedBuff), or
+        discount over 1 (uniform)."""
+        if self.sv.weighting == "uniform":
+            return discount, 1.0
+        return discount * samples, float(samples)
+
+    def combiner(self, rnd: int, secagg: SecAggTask | None = None) -> Combiner:
+        """The combination rule of step `rnd` (with DP's noise for it, SecAgg's protocol for its cohort)."""
+        dp = None
+        if self.dp.enabled:
+            server_noise = self.dp.noise == "server"
+            dp = DPNoise(self.dp.clip_norm, self.dp.noise_multiplier * self.dp.clip_norm if server_noise else 0.0,
+                         self.sv.clients_per_round, stream(self.s.seed, "dp-noise", rnd))
+        if secagg is not None:
+            from fedsim.strategies.secagg import FixedPoint, SecAggRound
+
+            protocol = SecAggRound(self.s.seed, rnd, [int(c) for c in secagg.cohort], secagg.threshold,
+                                   FixedPoint(secagg.bits, secagg.frac_bits))
+            return SecAggCombiner(protocol, dp)
+        if self.sv.aggregation != "mean":
+            return RobustCombiner(self.sv.aggregation, self.sv.clip_norm, self.sv.trim_fraction,
+                                  self.sv.krum_byzantine, self.sv.krum_select)
+        clip = self.dp.clip_norm if dp is not None and not self.client_clips else self.sv.clip_norm
+        return MeanCombiner(clip, dp)
+
+    def apply(self, global_state: Tensors, combined: Tensors | None, control_sum: Tensors | None) -> Tensors:
+        """The next global version: the server optimizer's step on the adapter; SCAFFOLD moves c by sum/N."""
+        adapter = self.opt.step(scaffold.adapter_part(global_state), combined)
+        if self.sv.strategy != "scaffold":
+            return adapter
+        c = scaffold.server_variate_update(scaffold.server_variate(global_state), control_sum,
+                                           self.s.population.num_clients)
+        return scaffold.with_variate(adapter, c)
+
+    def state(self) -> dict[str, Any]:
+        """The server optimizer's state (plain data)."""
+        return self.opt.state()
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Continue from `state()` (None: fresh)."""
+        self.opt.restore(state)

@@ -1,0 +1,61 @@
+"""Privacy accounting of client-level DP-FedAvg (McMahan et al. 2018): epsilon(delta) after every round.
+
+Each round is the sampled Gaussian mechanism on the clients: a client takes part with probability
+q = clients_per_round / num_clients (Poisson sampling, the analysis of McMahan et al. 2018), its clipped update
+has sensitivity S and the noise on the sum has standard deviation z S. The privacy loss of t rounds is the
+t-fold composition, converted to (epsilon, delta) by Google's `dp-accounting` library (its Renyi-DP accountant,
+Mironov 2017; Mironov, Talwar and Zhang 2019 for the subsampled Gaussian).
+
+Why dp-accounting rather than opacus' accountants: it is pure Python/SciPy (no torch import on the driver or in
+estimate mode, which stay torch-free), it is the accountant TensorFlow Privacy and Google's DP libraries use,
+and its event API names the mechanism (PoissonSampledDpEvent(GaussianDpEvent)) instead of a training loop's
+optimizer steps. RDP composes linearly, so the accountant is asked once for one round's RDP curve and t rounds
+cost a multiplication: a 1,000-round estimate stays within milliseconds instead of ~30 s of repeated
+composition (the equality with the library's own `compose(event, t)` is a test).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+
+class DPAccountant:
+    """epsilon(delta) of DP-FedAvg after t rounds, for sampling rate q and noise multiplier z."""
+
+    def __init__(self, sampling_rate: float, noise_multiplier: float, delta: float):
+        self.q, self.z, self.delta = float(sampling_rate), float(noise_multiplier), float(delta)
+
+    def event(self):
+        """One round as a dp-accounting event: the Poisson-subsampled Gaussian mechanism."""
+        from dp_accounting import dp_event
+
+        return dp_event.PoissonSampledDpEvent(self.q, dp_event.GaussianDpEvent(self.z))
+
+    @cached_property
+    def _one_round(self) -> tuple[np.ndarray, np.ndarray]:
+        from dp_accounting.rdp import RdpAccountant
+
+        acc = RdpAccountant()
+        acc.compose(self.event())
+        return np.asarray(acc._orders, dtype=float), np.asarray(acc._rdp, dtype=float)  # noqa: SLF001
+
+    def epsilon(self, rounds: int) -> float:
+        """epsilon after `rounds` rounds at this accountant's delta (inf without noise)."""
+        if self.z <= 0:
+            return float("inf")
+        if rounds <= 0:
+            return 0.0
+        from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+        orders, rdp = self._one_round
+        return float(compute_epsilon(orders, rounds * rdp, self.delta)[0])
+
+
+def accountant_for(s) -> DPAccountant | None:
+    """The scenario's accountant (None when privacy.dp is off)."""
+    dp = s.privacy.dp
+    if not dp.enabled:
+        return None
+    return DPAccountant(s.server.clients_per_round / s.population.num_clients, dp.noise_multiplier, dp.delta)

@@ -1,0 +1,78 @@
+"""Client selection as a strategy part: eligibility-aware check-in (Bonawitz et al. 2019) and Oort (Lai et al.
+2021) inside the real schedules, with their state checkpointed."""
+
+import copy
+
+import numpy as np
+
+from fedsim.costs.profile import fitting_option, scenario_costs
+from fedsim.rounds import Trained, run_rounds
+from fedsim.scenario import load
+from fedsim.schedules import STATUSES, make_schedule
+
+# phones cannot hold this model for training: a uniform pick wastes slots on them, an eligible check-in does not
+MIXED = {"model.name": "tinyllama-1.1b", "population.num_clients": 400, "server.rounds": 6,
+         "server.clients_per_round": 10, "population.devices": {"phone-budget": 0.5, "laptop": 0.5}}
+
+
+class _Booked:
+    """A plane that trains nothing and keeps the plans (the estimate plane without a ledger)."""
+
+    sizes = None
+
+    def __init__(self):
+        self.plans = []
+
+    def before(self, rnd):
+        pass
+
+    def train(self, plan):
+        return Trained()
+
+    def record(self, plan, row):
+        self.plans.append((plan, row))
+
+
+def _plans(over):
+    s = load({}, {**MIXED, **over})
+    _, pop, profile = scenario_costs(s)
+    schedule, plane = make_schedule(s, pop, profile), _Booked()
+    run_rounds(schedule, plane, 1, s.server.rounds, profile)
+    return s, pop, profile, schedule, plane.plans
+
+
+def test_only_eligible_devices_check_in():
+    for selection, async_ in (("eligible", False), ("eligible", True), ("oort", False)):
+        over = {"server.selection": selection}
+        if async_:
+            over.update({"server.schedule": "async", "server.async": {"concurrency": 6, "buffer_size": 3}})
+        _, pop, profile, _, plans = _plans(over)
+        ids = np.concatenate([p.columns["client_id"] for p, _ in plans])
+        assert (fitting_option(profile, pop.memory_bytes[ids]) >= 0).all(), selection
+        assert sum(row["ineligible"] for _, row in plans) == 0
+    _, _, _, _, uniform = _plans({})
+    assert sum(row["ineligible"] for _, row in uniform) > 0  # the uniform pick does hit phones
+    assert STATUSES.index("ineligible") == 3
+
+
+def test_oort_learns_and_its_state_resumes_bit_for_bit():
+    s, pop, profile, schedule, plans = _plans({"server.selection": "oort", "server.rounds": 4})
+    assert len(schedule.selector.oort.explored()) > 0  # completed clients have utilities
+    snapshot = copy.deepcopy(schedule.state())
+    ahead = [schedule.next_round(r).columns["client_id"].tolist() for r in (5, 6)]
+    again = make_schedule(s, pop, profile)
+    again.restore(snapshot)
+    assert [again.next_round(r).columns["client_id"].tolist() for r in (5, 6)] == ahead
+
+
+def test_oort_prefers_fast_clients_once_it_has_explored():
+    """With a slow half (phone-flagship) and a fast half (gpu-workstation), after exploration decays Oort's
+    exploitation picks the fast clients more often than a uniform pick would."""
+    over = {"model.name": "fedsim-tiny-llama", "population.devices": {"phone-flagship": 0.5, "gpu-workstation": 0.5},
+            "server.rounds": 40, "server.deadline_s": None, "population.dropout": 0.0}
+    shares = {}
+    for selection in ("uniform", "oort"):
+        _, pop, _, _, plans = _plans({**over, "server.selection": selection})
+        late = np.concatenate([p.columns["client_id"] for p, _ in plans[20:]])
+        shares[selection] = float(np.mean(np.array(pop.device_names)[pop.device[late]] == "gpu-workstation"))
+    assert shares["oort"] > shares["uniform"] + 0.1, shares
