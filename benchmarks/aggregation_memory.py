@@ -8,6 +8,7 @@ Reported: the process's peak RSS (ru_maxrss) before the step (imports, ledger, g
 the ratio K = 1,000 / K = 10 of the peak.
 
 * FedAdam (`server.optimizer: adam`, the streaming mean): O(adapter) whatever K -- target <= 1.2x.
+* FedAdam + SCAFFOLD: the control deltas stream into a second running sum -- O(adapter) too.
 * coordinate-wise median (`server.aggregation: median`): holds the cohort, O(K x adapter) -- reported.
 
     python benchmarks/aggregation_memory.py [--clients 10 1000]
@@ -26,7 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TENSORS, SIZE = 16, 65_536
-VARIANTS = {"fedadam": {"server.optimizer": "adam"}, "median": {"server.aggregation": "median"}}
+VARIANTS = {"fedadam": {"server.optimizer": "adam"},
+            "scaffold": {"server.optimizer": "adam", "server.strategy": "scaffold"},
+            "median": {"server.aggregation": "median"}}
 
 CHILD = """
 import json, resource, sys, time
@@ -46,8 +49,11 @@ agg.begin(1)
 rng = np.random.default_rng(0)
 for seq in range(k):
     delta = {n: rng.standard_normal(size, dtype=np.float32) * 1e-3 for n in names}
-    agg.put(seq, 1.0, ClientResult(seq, 1, 10, 1.0, "-", True), {"delta": delta})
-    del delta
+    payload = {"delta": delta}
+    if over.get("server.strategy") == "scaffold":  # its control delta streams too (client variates go to disk)
+        payload["control"] = {n: rng.standard_normal(size, dtype=np.float32) * 1e-3 for n in names}
+    agg.put(seq, 1.0, ClientResult(seq, 1, 10, 1.0, "-", True), payload)
+    del delta, payload
 agg.finish()
 print(json.dumps({"rss_before": before, "rss_peak": rss(), "step_s": time.perf_counter() - t0}))
 """

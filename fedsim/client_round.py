@@ -38,7 +38,6 @@ class ClientConfig:
     clip_norm: float | None = None  # DP clipping done by the client (client noise or secure aggregation)
     noise_std: float = 0.0  # the client's share of DP noise (distributed DP: noise added before sending)
     secagg: SecAggTask | None = None
-    weighting: str = "samples"
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +65,7 @@ class ClientResult:
     rows_dropped: int = 0
     loss_sq: float = math.nan  # mean squared step loss (Oort's statistical utility)
     clipped: bool = False  # the client clipped its update (DP at the client)
+    clamped: int = 0  # values secure aggregation's fixed-point range clamped
 
 
 def state_digest(state: Tensors) -> str:

@@ -78,7 +78,7 @@ def estimate(scenario: str | Path | dict | Scenario, overrides=None, out=None, o
     totals = DeviceTotals(pop.device_names)
     schedule, rows = make_schedule(s, pop, profile), []
     plane = EstimatePlane(ledger, totals, rows, pop, sizes, profile, adversaries, per_device)
-    run_rounds(schedule, plane, 1, s.server.rounds, profile, accountant_for(s))
+    run_rounds(schedule, plane, 1, s.server.rounds, profile, accountant_for(s, pop, profile))
     ledger.close()
     summary = summarize(rows, None, {
         "mode": "estimate",

@@ -61,6 +61,8 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
         "quarantined": int(stats.get("quarantined", 0)),
         "clipped": int(stats.get("clipped", 0)),
         "robust_fallback": bool(stats.get("robust_fallback", False)),
+        "secagg_aborted": bool(stats.get("secagg_aborted", False)),
+        "secagg_clamped": int(stats.get("secagg_clamped", 0)),
         "rows_dropped": int(stats.get("rows_dropped", 0)),
         "train_loss": stats.get("train_loss"),
         "eval_loss": eval_loss,

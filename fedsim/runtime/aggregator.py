@@ -87,6 +87,7 @@ class Aggregator:
             "received": len(ordered),
             "quarantined": sum(not r.finite for r in ordered),
             "clipped": self.clipped,
+            "secagg_clamped": sum(r.clamped for r in ordered),
             "robust_fallback": False,
             "holds_cohort": self.combiner.holds_cohort,
             **info,

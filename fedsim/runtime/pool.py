@@ -102,7 +102,7 @@ class Pool:
         client trained twice in one FedBuff step reads what its first update wrote (actor calls run in order).
         """
         ray, agg = self.ray, self.aggregator
-        agg.begin.remote(rnd, secagg)
+        self.get(agg.begin.remote(rnd, secagg))  # a failure to set the round up surfaces here, not in finish
         stateful = any(t.config.objective == "scaffold" for t in tasks)
         previous = _previous_same_client(tasks) if stateful else [-1] * len(tasks)
         load = [0] * len(self.workers)
@@ -143,7 +143,7 @@ class Pool:
         self.versions[rnd] = self.global_ref
         self.versions = {v: ref for v, ref in self.versions.items() if v >= keep_versions_from or v == rnd}
         stats = self.ray.get(stats_ref)
-        if stats["received"] != len(tasks):  # defensive: every dispatched update must be accounted for
+        if stats["received"] != len(tasks) and tasks:  # defensive: every dispatched update must be accounted for
             raise WorkerLost(tasks[-1], f"{len(tasks) - stats['received']} update(s) never reached the aggregator")
         return stats
 

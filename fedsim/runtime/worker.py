@@ -54,6 +54,7 @@ class Worker:
         )
         self.data = DataReader(data_spec)
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
+        self._secagg = None  # (round key, SecAggRound): the cohort's key material, built once per round
 
     def ready(self) -> tuple[str, str] | None:
         """None once the model and data are loaded; else (key path, message) of the error that stopped it (key
@@ -79,6 +80,7 @@ class Worker:
         SCAFFOLD's "control" and the "client_state" it keeps (called with num_returns=2: two references)."""
         from fedsim.models.local import train_client
         from fedsim.strategies import scaffold
+        from fedsim.strategies.base import release
 
         self._check()
         c, cfg = self.s.costs, task.config  # the client trains from the global as received; the server decodes it
@@ -97,11 +99,13 @@ class Worker:
                                      task.client, mu, correction)
         if cfg.objective == "scaffold":
             t = self.s.training
-            plus, control = scaffold.client_variate_update(client_state, server_c, delta, t.local_steps, t.lr)
-            payload["client_state"], payload["control"] = plus, self._wire(control)
-        delta, clipped = self._privatize(task, delta)
+            _, control = scaffold.client_variate_update(client_state, server_c, delta, t.local_steps, t.lr)
+            payload["control"] = self._wire(control)  # c_i + what the server decodes: c stays their mean
+            payload["client_state"] = {k: client_state[k] + payload["control"][k] for k in control}
+        delta, clipped = release(delta, cfg, self.s, task.dispatch, task.client)
+        clamped = 0
         if cfg.secagg is not None:
-            payload["masked"] = self._mask(task, delta, len(ids))
+            payload["masked"], clamped = self._mask(task, delta, len(ids))
         else:
             payload["delta"] = self._wire(delta)
         loss = float(np.mean(losses))
@@ -109,37 +113,17 @@ class Worker:
         finite = math.isfinite(loss) and all(np.isfinite(v).all() for v in [*delta.values(),
                                                                             *payload.get("delta", {}).values()])
         return ClientResult(task.client, task.dispatch, len(ids), loss, trained_from, finite, dropped,
-                            float(np.mean(np.square(losses))), clipped), payload
+                            float(np.mean(np.square(losses))), clipped, clamped), payload
 
     def _wire(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Tensors as the server decodes them after the wire format and upload compression."""
         c = self.s.costs
         return {k: compress(v, c.transmit_dtype, c.upload_compression, c.topk_fraction) for k, v in tensors.items()}
 
-    def _privatize(self, task: ClientTask, delta: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
-        """The update the client releases: attacked if it is an adversary; clipped to S and noised with its
-        share of the Gaussian noise when DP is done by the clients (McMahan et al. 2018)."""
-        from fedsim.rng import stream
-        from fedsim.strategies.robust import clip_norm
-
-        cfg = task.config
-        if cfg.adversarial:
-            from fedsim.adversary import attack
-
-            adv = self.s.population.adversaries
-            delta = attack(adv.attack, adv.scale, delta, self.s.seed, task.dispatch, task.client)
-        clipped = False
-        if cfg.clip_norm is not None:
-            delta, clipped = clip_norm(delta, cfg.clip_norm)
-        if cfg.noise_std > 0:
-            rng = stream(self.s.seed, "dp-client-noise", task.dispatch, task.client)
-            delta = {k: (delta[k] + rng.normal(0.0, cfg.noise_std, delta[k].shape)).astype(np.float32)
-                     for k in sorted(delta)}
-        return delta, clipped
-
-    def _mask(self, task: ClientTask, delta: dict[str, np.ndarray], samples: int) -> dict[str, np.ndarray]:
+    def _mask(self, task: ClientTask, delta: dict[str, np.ndarray], samples: int) -> tuple[dict[str, np.ndarray], int]:
         """Secure aggregation's client side: encode (w_i Delta_i, w_i) in fixed point, add the pairwise and self
-        masks of its cohort (Bonawitz et al. 2017)."""
+        masks of its cohort (Bonawitz et al. 2017); returns the masked input and how many values were clamped.
+        The round's key material is built once per worker and round."""
         from fedsim.strategies.combine import WEIGHT_KEY
         from fedsim.strategies.secagg import FixedPoint, SecAggRound
 
@@ -147,10 +131,13 @@ class Worker:
         codec = FixedPoint(sa.bits, sa.frac_bits)
         w = samples / sa.weight_scale if sa.weight_scale > 0 else 1.0
         n = len(sa.cohort)
-        encoded = {k: codec.encode(np.asarray(v, np.float64) * w, n)[0] for k, v in delta.items()}
-        encoded[WEIGHT_KEY] = codec.encode(np.array([w]), n)[0]
-        protocol = SecAggRound(self.s.seed, task.round, [int(x) for x in sa.cohort], sa.threshold, codec)
-        return protocol.mask(task.client, encoded)
+        coded = {k: codec.encode(np.asarray(v, np.float64) * w, n) for k, v in delta.items()}
+        coded[WEIGHT_KEY] = codec.encode(np.array([w]), n)
+        key = (task.round, sa.cohort.tobytes(), sa.threshold, sa.bits, sa.frac_bits)
+        if self._secagg is None or self._secagg[0] != key:
+            self._secagg = (key, SecAggRound(self.s.seed, task.round, [int(x) for x in sa.cohort], sa.threshold, codec))
+        masked = self._secagg[1].mask(task.client, {k: v[0] for k, v in coded.items()})
+        return masked, sum(v[1] for v in coded.values())
 
     def evaluate(self, global_state: dict) -> float:
         """Eval loss of the global adapter on the held-out set."""

@@ -225,6 +225,15 @@ def _check_strategy(s: Scenario) -> None:
         if on and sv.aggregation != "mean":
             raise ConfigError(key, f"needs server.aggregation mean (it is {sv.aggregation}): a robust rule "
                                    "needs the individual updates")
+    if dp.enabled and sv.strategy == "scaffold":
+        raise ConfigError("privacy.dp.enabled", "SCAFFOLD's control variates would leave the clients unclipped and "
+                                                "unnoised: the reported epsilon would not hold")
+    if dp.enabled and sv.selection == "oort":
+        raise ConfigError("privacy.dp.enabled", "Oort selects clients by their losses: the accountant's random "
+                                                "sampling does not hold (use server.selection uniform or eligible)")
+    if dp.enabled and sv.clip_norm is not None:
+        raise ConfigError("server.clip_norm", "DP clips with privacy.dp.clip_norm; a second, server-side clip "
+                                              "would shrink client-added noise")
     if dp.enabled and sv.weighting != "uniform":
         raise ConfigError("server.weighting", "DP-FedAvg bounds each client's influence: use server.weighting "
                                               "uniform with privacy.dp (McMahan et al. 2018)")

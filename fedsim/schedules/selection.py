@@ -21,7 +21,7 @@ from fedsim.costs.profile import CostProfile, fitting_option
 from fedsim.population import Population
 from fedsim.rng import stream
 from fedsim.scenario.schema import Scenario
-from fedsim.schedules.base import RoundPlan, online_now, select
+from fedsim.schedules.base import LATE, RoundPlan, online_now, select
 
 
 class Selector(Protocol):
@@ -94,7 +94,7 @@ class OortSelector(CheckIn):
             skip = np.concatenate([excl, self.oort.explored(), np.asarray(also, np.int64)])
             return select(self.s, self.pop, rnd, now, k, skip, key, self.checkin, name="oort-explore")
 
-        return self.oort.choose(rnd, want, known[up], explore)
+        return self.oort.choose(rnd, want, known[up], explore, key)
 
     def feedback(self, plan: RoundPlan, results: list | None, sizes: np.ndarray | None) -> None:
         """Completed clients report samples, squared loss and duration (estimate mode: loss unknown, 1)."""
@@ -106,7 +106,10 @@ class OortSelector(CheckIn):
         else:
             samples = sizes[ids].astype(float) if sizes is not None else np.ones(len(ids))
             loss_sq = np.ones(len(ids))
-        self.oort.feedback(plan.round, ids, samples, loss_sq, duration)
+        last = len(ids) - 1 - np.unique(ids[::-1], return_index=True)[1]  # FedBuff: a client's last update
+        self.oort.feedback(plan.round, ids[last], samples[last], loss_sq[last], duration[last])
+        late = plan.columns["status"] == LATE  # cut off: Oort still learns how long it would have needed
+        self.oort.record_duration(plan.columns["client_id"][late], plan.columns["full_s"][late])
 
     def state(self) -> dict:
         """Oort's statistics."""

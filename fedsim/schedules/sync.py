@@ -5,8 +5,6 @@ and leaves the model unchanged.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from fedsim.clock import Clock
@@ -24,6 +22,7 @@ from fedsim.schedules.base import (
     failure_offsets,
 )
 from fedsim.schedules.selection import make_selector
+from fedsim.strategies.base import secagg_threshold
 
 
 def close_round(arrive: np.ndarray, fail: np.ndarray, k: int, deadline: float | None) -> tuple[float, np.ndarray]:
@@ -77,7 +76,7 @@ class SyncSchedule:
     def secagg_threshold(self, cohort: int) -> int:
         """Shamir's t for a cohort of that many clients (0 without secure aggregation): fewer survivors abort."""
         sa = self.s.privacy.secagg
-        return max(2, math.ceil(sa.threshold * cohort)) if sa.enabled else 0
+        return secagg_threshold(sa.threshold, cohort) if sa.enabled else 0
 
     def next_round(self, rnd: int) -> RoundPlan:
         """Select, time, fail and close round `rnd`; book every selected client's (partial) costs."""

@@ -15,6 +15,7 @@ delegates here; nothing in this module needs Ray or torch.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,11 @@ from fedsim.strategies.server_opt import from_server_config
 Tensors = dict[str, np.ndarray]
 
 
+def secagg_threshold(share: float, cohort: int) -> int:
+    """Shamir's t for a cohort of n clients: ceil(share x n), at least 2 (one survivor's sum is its update)."""
+    return max(2, math.ceil(share * cohort))
+
+
 class Strategy:
     """The scenario's strategy; the driver asks it how to configure clients, the aggregator how to combine."""
 
@@ -39,11 +45,14 @@ class Strategy:
 
     # -- driver side ------------------------------------------------------------------------------------------
     def secagg_task(self, cohort: np.ndarray) -> SecAggTask | None:
-        """The round's secure-aggregation parameters for cohort U1 (None when SecAgg is off)."""
+        """The round's secure-aggregation parameters for cohort U1 (None when SecAgg is off, or when the cohort
+        is below Shamir's threshold: the schedule has failed that round, nobody trains)."""
         if not self.sa.enabled:
             return None
         cohort = np.sort(np.asarray(cohort, np.int64))
-        threshold = max(2, int(np.ceil(self.sa.threshold * len(cohort))))
+        threshold = secagg_threshold(self.sa.threshold, len(cohort))
+        if len(cohort) < threshold:
+            return None
         scale = self.s.data.samples_per_client.mean if self.sv.weighting == "samples" else 0.0
         return SecAggTask(cohort, threshold, self.sa.bits, self.sa.frac_bits, scale)
 
@@ -51,11 +60,13 @@ class Strategy:
         """What one client is told: its objective and mu, DP clipping / noise share it applies itself, its part
         in secure aggregation, whether it attacks."""
         noise = 0.0
-        if self.dp.enabled and self.dp.noise == "client":  # shares of N(0, z^2 S^2) over the expected cohort
-            noise = self.dp.noise_multiplier * self.dp.clip_norm / np.sqrt(self.sv.clients_per_round)
+        if self.dp.enabled and self.dp.noise == "client":
+            # shares of N(0, z^2 S^2) sized for the smallest sum the server can release: Shamir's t survivors
+            # under SecAgg, else the quorum; a larger sum only carries more noise (distributed DP)
+            smallest = secagg.threshold if secagg is not None else self.sv.min_quorum
+            noise = self.dp.noise_multiplier * self.dp.clip_norm / np.sqrt(smallest)
         return ClientConfig(self.sv.strategy, self.s.training.proximal_mu, adversarial,
-                            self.dp.clip_norm if self.client_clips else None, float(noise), secagg,
-                            self.sv.weighting)
+                            self.dp.clip_norm if self.client_clips else None, float(noise), secagg)
 
     # -- aggregator side --------------------------------------------------------------------------------------
     def initial(self, adapter: Tensors) -> Tensors:
@@ -106,3 +117,24 @@ class Strategy:
     def restore(self, state: dict[str, Any] | None) -> None:
         """Continue from `state()` (None: fresh)."""
         self.opt.restore(state)
+
+
+def release(delta: Tensors, cfg: ClientConfig, s: Scenario, dispatch: int, client: int) -> tuple[Tensors, bool]:
+    """The update a client sends: attacked if it is an adversary (`fedsim.adversary`); clipped to S and noised
+    with its share of the Gaussian noise when DP is done by the clients (McMahan et al. 2018). Returns it and
+    whether it was clipped."""
+    from fedsim.strategies.robust import clip_norm
+
+    if cfg.adversarial:
+        from fedsim.adversary import attack
+
+        adv = s.population.adversaries
+        delta = attack(adv.attack, adv.scale, delta, s.seed, dispatch, client)
+    clipped = False
+    if cfg.clip_norm is not None:
+        delta, clipped = clip_norm(delta, cfg.clip_norm)
+    if cfg.noise_std > 0:
+        rng = stream(s.seed, "dp-client-noise", dispatch, client)
+        delta = {k: (delta[k] + rng.normal(0.0, cfg.noise_std, delta[k].shape)).astype(np.float32)
+                 for k in sorted(delta)}
+    return delta, clipped

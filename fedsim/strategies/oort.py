@@ -189,7 +189,7 @@ class Oort:
         return ids[rng.choice(ids.size, size=k, replace=False, p=w / w.sum())]
 
     def choose(self, rnd: int, want: int, online_explored: np.ndarray,
-               explore: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+               explore: Callable[[int, np.ndarray], np.ndarray], key: int = 0) -> np.ndarray:
         """Pick `want` client ids for round `rnd` (Algorithm 1, SelectParticipant), sorted.
 
         online_explored: explored clients online now (the caller checks availability; an id without a
@@ -198,11 +198,11 @@ class Oort:
         once, with k = want minus the exploitation picks. Exploitation takes want - floor(eps want) of
         online_explored (fewer if there are fewer) by utility with the cut-off; if explore returns fewer
         than asked, the rest comes from the remaining online explored clients, sampled by utility.
-        Deterministic given the seed, `rnd` and the state."""
+        Deterministic given the seed, `rnd`, `key` (FedBuff: one per refill in a step) and the state."""
         self._pace(int(rnd))
         if want <= 0:
             return np.zeros(0, np.int64)
-        rng = stream(self.seed, "oort", int(rnd))
+        rng = stream(self.seed, "oort", int(rnd), int(key))
         cand = np.unique(np.asarray(online_explored, np.int64))
         util = self.utility(rnd, cand)
         n_exploit = min(want - math.floor(want * self.exploration_rate(rnd) + 1e-9), cand.size)

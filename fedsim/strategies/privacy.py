@@ -1,7 +1,7 @@
 """Privacy accounting of client-level DP-FedAvg (McMahan et al. 2018): epsilon(delta) after every round.
 
-Each round is the sampled Gaussian mechanism on the clients: a client takes part with probability
-q = clients_per_round / num_clients (Poisson sampling, the analysis of McMahan et al. 2018), its clipped update
+Each round is the sampled Gaussian mechanism on the clients: a client takes part with probability q
+(`sampling_rate`; Poisson sampling, the analysis of McMahan et al. 2018), its clipped update
 has sensitivity S and the noise on the sum has standard deviation z S. The privacy loss of t rounds is the
 t-fold composition, converted to (epsilon, delta) by Google's `dp-accounting` library (its Renyi-DP accountant,
 Mironov 2017; Mironov, Talwar and Zhang 2019 for the subsampled Gaussian).
@@ -53,9 +53,26 @@ class DPAccountant:
         return float(compute_epsilon(orders, rounds * rdp, self.delta)[0])
 
 
-def accountant_for(s) -> DPAccountant | None:
-    """The scenario's accountant (None when privacy.dp is off)."""
+def sampling_rate(s, pop=None, profile=None) -> float:
+    """q: the chance that a given client's update is in a round's sum. K = clients_per_round updates are used,
+    drawn among the clients that are online and can hold the model, so q = K / (num_clients x the lowest
+    online share x the eligible share): availability below 1, a diurnal trough or devices that cannot train
+    make the pool smaller and q larger (epsilon is never understated for them). Selection draws a fixed-size
+    cohort without replacement; it is accounted as Poisson sampling at that rate (McMahan et al. 2018 do the
+    same)."""
+    share = 1.0
+    if pop is not None:
+        share = pop.mean_availability * (1.0 - s.population.diurnal.amplitude)
+        if profile is not None:
+            from fedsim.costs.profile import fitting_option
+
+            share *= float(np.mean(fitting_option(profile, pop.memory_bytes) >= 0))
+    return min(1.0, s.server.clients_per_round / max(s.population.num_clients * share, 1e-12))
+
+
+def accountant_for(s, pop=None, profile=None) -> DPAccountant | None:
+    """The scenario's accountant (None when privacy.dp is off), at `sampling_rate`."""
     dp = s.privacy.dp
     if not dp.enabled:
         return None
-    return DPAccountant(s.server.clients_per_round / s.population.num_clients, dp.noise_multiplier, dp.delta)
+    return DPAccountant(sampling_rate(s, pop, profile), dp.noise_multiplier, dp.delta)

@@ -252,7 +252,9 @@ def protocol_cost(n, dropped, numel: int, bits: int, key_bytes: float, share_byt
     down the U2 id list (4n bytes); Unmasking up (n-1) shares, down the U3 list (4n). Client PRG values n * numel
     (n - 1 pairwise masks + the self mask); server (survivors + dropped * survivors) * numel (survivors' self
     masks, each dropped client's pairwise mask with each survivor). round_trips: 3 request/response exchanges
-    beyond the plain download/upload. n and dropped may be numpy arrays (estimate mode: 10^4..10^6 clients)."""
+    beyond the plain download/upload. n and dropped may be numpy arrays (estimate mode: 10^4..10^6 clients).
+    Not counted: the n - 1 key agreements per client (and one per dropped client at the server), each a
+    scalar multiplication, negligible next to expanding masks of m values."""
     n = np.asarray(n, dtype=np.float64)
     dropped = np.asarray(dropped, dtype=np.float64)
     survivors = n - dropped

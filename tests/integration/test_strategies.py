@@ -10,7 +10,8 @@ import pytest
 import ray
 
 import fedsim
-from fedsim.strategies.privacy import DPAccountant
+from fedsim.costs.profile import scenario_costs
+from fedsim.strategies.privacy import DPAccountant, sampling_rate
 
 FAMILIES = ("fedavg", "fedopt", "fedprox", "scaffold", "robust-under-attack", "dp", "secagg", "oort")
 SMALL = {"server.rounds": 3, "server.eval_every": 0, "population.num_clients": 200, "data.eval_samples": 32}
@@ -58,7 +59,16 @@ def _same(a, b):
     assert _rounds(a) == _rounds(b)
     assert pd.read_parquet(a.run_dir / "clients.parquet").equals(pd.read_parquet(b.run_dir / "clients.parquet"))
     assert _files(a.run_dir / "adapter") == _files(b.run_dir / "adapter")
-    assert _files(a.run_dir / "client_state") == _files(b.run_dir / "client_state")
+    assert _client_states(a) == _client_states(b)
+
+
+def _client_states(run) -> dict[int, dict]:
+    """Every client's newest stored state (what a next round would read), as bytes."""
+    from fedsim.client_state import ClientStore
+
+    store = ClientStore(run.run_dir / "client_state")
+    ids = sorted({int(p.name.split(".r")[0]) for p in (run.run_dir / "client_state").rglob("*.npz")})
+    return {c: {k: v.tobytes() for k, v in store.read(c).items()} for c in ids}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -92,11 +102,23 @@ def test_secure_aggregation_changes_only_fixed_point_rounding(runs):
 def test_dp_reports_the_accountants_epsilon_per_round(runs):
     run = runs["dp", 1]
     s = fedsim.validate(run.run_dir / "config.yaml")
-    acc = DPAccountant(s.server.clients_per_round / s.population.num_clients, s.privacy.dp.noise_multiplier,
-                       s.privacy.dp.delta)
+    _, pop, profile = scenario_costs(s)
+    q = sampling_rate(s, pop, profile)
+    assert q > s.server.clients_per_round / s.population.num_clients  # some devices cannot hold the model
+    acc = DPAccountant(q, s.privacy.dp.noise_multiplier, s.privacy.dp.delta)
     eps = [r["dp_epsilon"] for r in run.rounds]
     assert eps == [acc.epsilon(t) for t in (1, 2, 3)] and eps == sorted(eps)
     assert runs["fedavg", 1].rounds[0]["dp_epsilon"] is None
+
+
+@pytest.mark.parametrize("name", ["scaffold", "dp", "secagg"])
+def test_estimate_mode_books_what_train_mode_booked(runs, name, tmp_path):
+    """SCAFFOLD's doubled payloads, SecAgg's keys, shares and unmasking, DP's epsilon: same in both modes."""
+    extra = FEDADAM if name == "scaffold" else {}
+    est = fedsim.estimate(SCENARIOS / f"{name}.yaml", {**SMALL, **extra}, out=tmp_path / "est")
+    keys = ("sim_time_s", "duration_s", "selected", "completed", "bytes_up", "bytes_down", "energy_j", "dp_epsilon")
+    trained = [{k: r[k] for k in keys} for r in runs[name, 1].rounds]
+    assert [{k: r[k] for k in keys} for r in est.rounds] == trained
 
 
 def test_robust_rule_and_oort_run_as_configured(runs):

@@ -68,11 +68,37 @@ def test_server_side_dp_through_the_aggregator(tmp_path):
     assert stats["clipped"] == 1
 
 
-def test_client_noise_shares_add_up_to_the_central_noise():
-    from fedsim.strategies.base import Strategy
+def test_client_noise_shares_add_up_to_the_central_noise_for_the_smallest_released_sum():
+    """Each client clips to S and adds N(0, z^2 S^2 / t): the sum of any t released updates (t = Shamir's
+    threshold under SecAgg) carries at least the central noise z S; measured on the clients' real releases."""
+    from fedsim.strategies.base import Strategy, release
 
     s = load({}, {"privacy.dp": {"enabled": True, "noise_multiplier": 1.5, "clip_norm": 0.2, "noise": "client"},
-                  "server.weighting": "uniform", "server.clients_per_round": 9})
-    cfg = Strategy(s).client_config(adversarial=False)
-    assert cfg.clip_norm == 0.2  # the client clips what it noises
-    assert 9 * cfg.noise_std**2 == pytest.approx((1.5 * 0.2) ** 2)  # K shares: variance z^2 S^2 on the sum
+                  "privacy.secagg.enabled": True, "server.weighting": "uniform", "server.clients_per_round": 8,
+                  "server.over_selection": 1.0})
+    strategy = Strategy(s)
+    task = strategy.secagg_task(np.arange(8))  # t = ceil(0.5 x 8) = 4
+    cfg = strategy.client_config(adversarial=False, secagg=task)
+    assert task.threshold == 4 and cfg.clip_norm == 0.2  # the client clips what it noises and masks
+    big = {"w": np.full(50_000, 1.0, np.float32)}  # norm 223.6: clipped to 0.2
+    sent = [release(big, cfg, s, dispatch=1, client=c)[0]["w"] for c in range(4)]
+    noise = sum(sent) - 4 * np.full(50_000, 0.2 / np.sqrt(50_000))
+    assert noise.std() == pytest.approx(1.5 * 0.2, rel=0.02)  # z S on the sum of t = 4 releases
+    assert not np.array_equal(sent[0], sent[1])  # each client's own stream
+
+
+def test_the_sampling_rate_counts_only_clients_that_can_be_sampled():
+    from fedsim.costs.profile import scenario_costs
+    from fedsim.strategies.privacy import sampling_rate
+
+    over = {"privacy.dp.enabled": True, "server.weighting": "uniform", "population.num_clients": 1000,
+            "server.clients_per_round": 10, "model.name": "tinyllama-1.1b"}
+    s = load({}, {**over, "population.devices": {"laptop": 1.0}})
+    _, pop, profile = scenario_costs(s)
+    assert sampling_rate(s, pop, profile) == pytest.approx(10 / 1000)  # everyone online and eligible
+    half = load({}, {**over, "population.devices": {"laptop": 1.0}, "population.availability": 0.5})
+    _, pop, profile = scenario_costs(half)
+    assert sampling_rate(half, pop, profile) == pytest.approx(10 / 500, rel=0.05)
+    phones = load({}, {**over, "population.devices": {"laptop": 0.5, "phone-budget": 0.5}})
+    _, pop, profile = scenario_costs(phones)  # budget phones cannot hold a 1.1B model: half the pool
+    assert sampling_rate(phones, pop, profile) == pytest.approx(10 / 500, rel=0.1)

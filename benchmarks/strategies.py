@@ -1,0 +1,122 @@
+"""One table for every strategy family: the scenarios of scenarios/strategies/ in train mode, same seed, same
+population, same schedule settings; only the strategy part each names differs.
+
+Each scenario runs as `fedsim run` in a fresh process (2 worker actors, report off). From its summary.json:
+final eval loss, virtual time until the eval loss first reached the scenario's target (server.target_loss),
+bytes up + down, client + server energy, the DP epsilon reached, and the run's wall time.
+
+    python benchmarks/strategies.py [--rounds 20]
+
+    python benchmarks/strategies.py --secagg-scale   # estimate mode: SecAgg at 10^4..10^6 clients a round
+
+Run it alone. Results: benchmarks/results/strategies.json (secagg_scale.json) and Markdown tables on stdout
+(pasted into README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = ("fedavg", "fedopt", "fedprox", "scaffold", "robust-under-attack", "dp", "secagg", "oort")
+
+
+def run(name: str, rounds: int, out: Path) -> dict:
+    """`fedsim run scenarios/strategies/<name>.yaml` in a fresh process; its summary plus the measured wall time."""
+    cmd = [str(Path(sys.executable).with_name("fedsim")), "run", f"scenarios/strategies/{name}.yaml", "--out", str(out),
+           "--overwrite", "--quiet", "--report", "off", "--set", f"server.rounds={rounds}", "--set",
+           "runtime.num_workers=2"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, env=os.environ.copy())
+    wall = time.perf_counter() - t0
+    summary = json.loads((out / "summary.json").read_text())
+    last = json.loads((out / "rounds.jsonl").read_text().splitlines()[-1])
+    return {"final_eval_loss": summary["final_eval_loss"], "initial_eval_loss": summary["initial_eval_loss"],
+            "time_to_target_s": summary["time_to_target_s"], "target_loss": summary["target_loss"],
+            "sim_time_s": summary["sim_time_s"], "bytes": summary["bytes_up"] + summary["bytes_down"],
+            "energy_kwh": summary["energy_kwh"], "dp_epsilon": last.get("dp_epsilon"), "wall_s": wall,
+            "clients_trained": summary["clients_trained"]}
+
+
+def table(results: dict) -> str:
+    """The README's Markdown table."""
+    lines = ["| strategy | final eval loss | time to target | bytes (GB) | energy (kWh) | epsilon | wall (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        ttt = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s'] / 60:.1f} min"
+        eps = "" if r["dp_epsilon"] is None else f"{r['dp_epsilon']:.2f}"
+        lines.append(f"| {name} | {r['final_eval_loss']:.3f} | {ttt} | {r['bytes'] / 1e9:.2f} | "
+                     f"{r['energy_kwh']:.3f} | {eps} | {r['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+SECAGG_SCALE = {"population.devices": {"laptop": 1.0}, "server.over_selection": 1.1, "server.rounds": 1,
+                "server.deadline_s": None, "population.dropout": 0.1, "model.name": "fedsim-tiny-llama",
+                "model.cost_as": "tinyllama-1.1b"}
+
+
+def secagg_scale(cohorts=(10_000, 100_000, 1_000_000)) -> dict:
+    """Estimate mode: one round of K clients (10% over-selected, 10% dropout: the server recovers their masks)
+    with and without secure aggregation; per-client bytes and the round's virtual duration."""
+    import fedsim
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in cohorts:
+            row = {}
+            for label, on in (("plain", False), ("secagg", True)):
+                over = {**SECAGG_SCALE, "population.num_clients": 2 * k, "server.clients_per_round": k,
+                        "privacy.secagg.enabled": on}
+                t0 = time.perf_counter()
+                r = fedsim.estimate("scenarios/strategies/fedavg.yaml", over, out=Path(tmp) / f"{label}{k}")
+                s = r.summary
+                row[label] = {"up_per_client": s["bytes_up"] / s["selected_total"],
+                              "down_per_client": s["bytes_down"] / s["selected_total"],
+                              "duration_s": r.rounds[0]["duration_s"], "wall_s": time.perf_counter() - t0}
+            out[k] = row
+    return out
+
+
+def secagg_table(scale: dict) -> str:
+    """The README's table of secure aggregation at 10^4..10^6 clients a round."""
+    lines = ["| clients a round | upload / client, plain -> SecAgg | download / client, plain -> SecAgg | "
+             "round duration, plain -> SecAgg |", "|---|---|---|---|"]
+    for k, r in scale.items():
+        p, a = r["plain"], r["secagg"]
+        lines.append(f"| {int(k):,} | {p['up_per_client'] / 1e6:.2f} -> {a['up_per_client'] / 1e6:.1f} MB | "
+                     f"{p['down_per_client'] / 1e6:.2f} -> {a['down_per_client'] / 1e6:.1f} MB | "
+                     f"{p['duration_s']:.0f} s -> {a['duration_s'] / 3600:.1f} h |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run every family once, write the JSON, print the table (and secure aggregation at scale)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--only", nargs="*", default=list(ORDER))
+    ap.add_argument("--secagg-scale", action="store_true", help="only the estimate-mode SecAgg table")
+    args = ap.parse_args()
+    if args.secagg_scale:
+        scale = secagg_scale()
+        (ROOT / "benchmarks" / "results" / "secagg_scale.json").write_text(json.dumps(scale, indent=2) + "\n")
+        print(secagg_table(scale))
+        return
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only:
+            results[name] = run(name, args.rounds, Path(tmp) / name)
+            print(name, json.dumps(results[name]), flush=True)
+    out = ROOT / "benchmarks" / "results" / "strategies.json"
+    out.write_text(json.dumps({"rounds": args.rounds, "results": results}, indent=2) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
