@@ -1,8 +1,8 @@
 """SCAFFOLD (Karimireddy et al. 2020, Algorithm 1, option II) on hand-computed numbers, and its wiring through the
-aggregator: the server variate inside the global version, the client variates in the store."""
+aggregator: the server variate inside the global version, the client variates in the store (the local gradient
+correction on the real model: tests/integration/test_objectives.py)."""
 
 import numpy as np
-import pytest
 
 from fedsim.client_round import ClientResult
 from fedsim.scenario import dump, load
@@ -46,26 +46,3 @@ def test_the_aggregator_applies_the_mean_delta_and_moves_c_and_keeps_client_vari
     np.testing.assert_allclose(g1["scaffold.c.w"], [0.1, 0.2])
     np.testing.assert_allclose(agg.client_state(9)["w"], [0.0, 8.0])  # the state the client keeps
     assert stats["aggregated"] == 2
-
-
-def test_a_local_step_is_corrected_by_c_minus_c_i():
-    """One SGD step from the same point: the corrected delta is -eta (g + c - c_i), so it differs from the plain
-    one by exactly -eta (c - c_i) (Algorithm 1, line 10)."""
-    pytest.importorskip("torch")
-    from fedsim.data.prepare import prepare_data
-    from fedsim.data.reader import DataReader
-    from fedsim.models.base import ensure_base_model
-    from fedsim.models.local import load_local_model, train_client
-
-    s = load({}, {"training.local_steps": 1, "training.optimizer": "sgd", "training.lr": 0.1})
-    model_dir = str(ensure_base_model(s.model))
-    data = prepare_data(s, model_dir, log=lambda _: None)
-    ids, labels, _ = DataReader(data.spec).client(3, data.client_rows(3))
-    lm = load_local_model(model_dir, s.peft)
-    start = lm.get_state()
-    rng = np.random.default_rng(0)
-    corr = {k: rng.normal(0, 0.01, v.shape).astype(np.float32) for k, v in start.items()}
-    plain, _ = train_client(lm, start, ids, labels, s.training, s.seed, 1, 3)
-    corrected, _ = train_client(lm, start, ids, labels, s.training, s.seed, 1, 3, correction=corr)
-    for k in start:
-        np.testing.assert_allclose(corrected[k] - plain[k], -0.1 * corr[k], atol=2e-6)

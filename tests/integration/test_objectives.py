@@ -1,4 +1,5 @@
-"""FedProx (Li et al. 2020): the proximal term by hand, and its pull on real local LoRA training (tiny model)."""
+"""Client objectives on real local LoRA training (tiny model): FedProx's proximal term (Li et al. 2020) by hand and
+its pull, SCAFFOLD's gradient correction (Karimireddy et al. 2020)."""
 
 import numpy as np
 import pytest
@@ -21,13 +22,18 @@ def test_proximal_term_and_its_gradient_by_hand():
     assert w[0].grad.tolist() == [0.5, 0.5] and w[1].grad.tolist() == [0.0]
 
 
-def test_the_proximal_term_keeps_local_training_near_the_global_model():
-    s = load({}, {"training.local_steps": 6, "training.optimizer": "sgd", "training.lr": 0.5})
+def _client(overrides: dict, client: int):
+    """(scenario, local model, its initial adapter, the client's rows and labels)."""
+    s = load({}, overrides)
     model_dir = str(ensure_base_model(s.model))
     data = prepare_data(s, model_dir, log=lambda _: None)
-    ids, labels, _ = DataReader(data.spec).client(7, data.client_rows(7))
+    ids, labels, _ = DataReader(data.spec).client(client, data.client_rows(client))
     lm = load_local_model(model_dir, s.peft)
-    start = lm.get_state()
+    return s, lm, lm.get_state(), ids, labels
+
+
+def test_the_proximal_term_keeps_local_training_near_the_global_model():
+    s, lm, start, ids, labels = _client({"training.local_steps": 6, "training.optimizer": "sgd", "training.lr": 0.5}, 7)
     norms = {}
     for mu in (0.0, 0.5, 1.5):  # SGD on the quadratic term is stable while lr * mu < 2
         delta, losses = train_client(lm, start, ids, labels, s.training, s.seed, 1, 7, proximal_mu=mu)
@@ -58,3 +64,15 @@ def test_the_worker_trains_with_the_mu_its_task_carries():
         assert result.finite and result.client == 7
         norms.append(float(np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in update.values()))))
     assert norms[1] < 0.6 * norms[0]
+
+
+def test_a_local_step_is_corrected_by_c_minus_c_i():
+    """One SGD step from the same point: the corrected delta is -eta (g + c - c_i), so it differs from the plain
+    one by exactly -eta (c - c_i) (SCAFFOLD, Algorithm 1, line 10)."""
+    s, lm, start, ids, labels = _client({"training.local_steps": 1, "training.optimizer": "sgd", "training.lr": 0.1}, 3)
+    rng = np.random.default_rng(0)
+    corr = {k: rng.normal(0, 0.01, v.shape).astype(np.float32) for k, v in start.items()}
+    plain, _ = train_client(lm, start, ids, labels, s.training, s.seed, 1, 3)
+    corrected, _ = train_client(lm, start, ids, labels, s.training, s.seed, 1, 3, correction=corr)
+    for k in start:
+        np.testing.assert_allclose(corrected[k] - plain[k], -0.1 * corr[k], atol=2e-6)
