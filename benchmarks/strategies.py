@@ -114,6 +114,11 @@ def main() -> None:
             results[name] = run(name, args.rounds, Path(tmp) / name)
             print(name, json.dumps(results[name]), flush=True)
     out = ROOT / "benchmarks" / "results" / "strategies.json"
+    if set(args.only) != set(ORDER) and out.exists():  # a partial rerun updates its rows of the last full run
+        kept = json.loads(out.read_text())
+        if kept["rounds"] == args.rounds:
+            results = {name: results.get(name, kept["results"].get(name)) for name in ORDER
+                       if name in results or name in kept["results"]}
     out.write_text(json.dumps({"rounds": args.rounds, "results": results}, indent=2) + "\n")
     print(table(results))
 

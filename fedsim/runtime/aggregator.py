@@ -47,6 +47,7 @@ class Aggregator:
         self.round = rnd
         self.combiner = self.strategy.combiner(rnd, secagg)
         self.clipped = 0
+        self.clamped = 0  # fixed-point values SecAgg clamped, among the folded updates
         self.results: dict[int, ClientResult] = {}
         self.loss_sum = 0.0
         self.loss_weight = 0.0
@@ -66,6 +67,7 @@ class Aggregator:
             return  # quarantined (or discarded): never folded, its client state unchanged
         weight, norm = self.strategy.weight(discount, result.num_samples)
         self.clipped += self.combiner.add(result.client, weight, norm, payload) or result.clipped
+        self.clamped += result.clamped
         if "client_state" in payload:  # kept by the client, not uploaded: the store stands in for its disk
             self.store.write(result.client, self.round, payload["client_state"])
         self.loss_sum += result.num_samples * result.loss
@@ -87,7 +89,7 @@ class Aggregator:
             "received": len(ordered),
             "quarantined": sum(not r.finite for r in ordered),
             "clipped": self.clipped,
-            "secagg_clamped": sum(r.clamped for r in ordered),
+            "secagg_clamped": self.clamped,
             "robust_fallback": False,
             "holds_cohort": self.combiner.holds_cohort,
             **info,

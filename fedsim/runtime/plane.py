@@ -41,6 +41,8 @@ class TrainPlane:
         s, rnd, data = self.s, plan.round, self.data
         cohort = plan.columns["client_id"][plan.columns["status"] != INELIGIBLE]  # U1 of secure aggregation
         secagg = self.strategy.secagg_task(cohort)
+        if s.privacy.secagg.enabled and secagg is None and len(plan.to_train):
+            raise RuntimeError(f"round {rnd}: secure aggregation has no cohort for the clients it trains")
         tasks = [ClientTask(int(c), rnd, int(d), int(v), data.client_rows(int(c)),
                             self.strategy.client_config(bool(self.adversaries[c]), secagg))
                  for c, d, v in zip(plan.to_train, plan.train_dispatch, plan.train_versions)]

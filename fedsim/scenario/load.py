@@ -237,6 +237,14 @@ def _check_strategy(s: Scenario) -> None:
     if dp.enabled and sv.weighting != "uniform":
         raise ConfigError("server.weighting", "DP-FedAvg bounds each client's influence: use server.weighting "
                                               "uniform with privacy.dp (McMahan et al. 2018)")
+    if sa.enabled and sv.schedule == "sync":
+        from fedsim.strategies.base import secagg_threshold
+
+        cohort = math.ceil(sv.clients_per_round * sv.over_selection)
+        if secagg_threshold(sa.threshold, cohort) > sv.clients_per_round:
+            raise ConfigError("privacy.secagg.threshold", f"{sa.threshold} of a cohort of {cohort} needs more "
+                                                          f"survivors than the {sv.clients_per_round} a round keeps: "
+                                                          f"every round would abort")
     if sa.enabled and sv.strategy == "scaffold":
         raise ConfigError("privacy.secagg.enabled", "SCAFFOLD's control variates are not masked: not simulated")
     if sa.enabled and sv.clip_norm is not None:

@@ -59,14 +59,18 @@ class Strategy:
     def client_config(self, adversarial: bool, secagg: SecAggTask | None = None) -> ClientConfig:
         """What one client is told: its objective and mu, DP clipping / noise share it applies itself, its part
         in secure aggregation, whether it attacks."""
-        noise = 0.0
-        if self.dp.enabled and self.dp.noise == "client":
-            # shares of N(0, z^2 S^2) sized for the smallest sum the server can release: Shamir's t survivors
-            # under SecAgg, else the quorum; a larger sum only carries more noise (distributed DP)
-            smallest = secagg.threshold if secagg is not None else self.sv.min_quorum
-            noise = self.dp.noise_multiplier * self.dp.clip_norm / np.sqrt(smallest)
+        noise = self.client_noise(secagg)
         return ClientConfig(self.sv.strategy, self.s.training.proximal_mu, adversarial,
                             self.dp.clip_norm if self.client_clips else None, float(noise), secagg)
+
+    def client_noise(self, secagg: SecAggTask | None) -> float:
+        """The std of one client's DP noise share (noise "client"): shares of N(0, z^2 S^2) sized for the
+        smallest sum the server can release -- Shamir's t survivors under SecAgg, else the quorum; a larger sum
+        only carries more noise (distributed DP). 0 when the server adds the noise."""
+        if not (self.dp.enabled and self.dp.noise == "client"):
+            return 0.0
+        smallest = secagg.threshold if secagg is not None else self.sv.min_quorum
+        return float(self.dp.noise_multiplier * self.dp.clip_norm / np.sqrt(smallest))
 
     # -- aggregator side --------------------------------------------------------------------------------------
     def initial(self, adapter: Tensors) -> Tensors:
@@ -88,7 +92,8 @@ class Strategy:
         if self.dp.enabled:
             server_noise = self.dp.noise == "server"
             dp = DPNoise(self.dp.clip_norm, self.dp.noise_multiplier * self.dp.clip_norm if server_noise else 0.0,
-                         self.sv.clients_per_round, stream(self.s.seed, "dp-noise", rnd))
+                         self.sv.clients_per_round, stream(self.s.seed, "dp-noise", rnd),
+                         self.client_noise(secagg), secagg.threshold if secagg is not None else self.sv.min_quorum)
         if secagg is not None:
             from fedsim.strategies.secagg import FixedPoint, SecAggRound
 

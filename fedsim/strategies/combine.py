@@ -36,13 +36,20 @@ class DPNoise:
     std: float  # z x S on the sum (0 when the clients added their shares themselves)
     expected: int  # K, the fixed denominator
     rng: np.random.Generator
+    client_share: float = 0.0  # the std each client added itself (noise "client")
+    needed: int = 0  # the sum those shares were sized for (t): a smaller sum gets the missing shares here
 
 
-def dp_mean(total: Tensors, dp: DPNoise) -> Tensors:
-    """DP-FedAvg's step (sum + N(0, std^2)) / K, the noise drawn per tensor in name order."""
+def dp_mean(total: Tensors, dp: DPNoise, count: int) -> Tensors:
+    """DP-FedAvg's step (sum + N(0, std^2)) / K over `count` summed updates, the noise drawn per tensor in name
+    order. With client-side shares, a sum of fewer than t updates (quarantine left it short) gets the missing
+    shares' variance from the server, so the released sum always carries z^2 S^2."""
+    std = dp.std
+    if dp.client_share > 0 and count < dp.needed:
+        std = float(np.hypot(std, dp.client_share * np.sqrt(dp.needed - count)))
     out = {}
     for k in sorted(total):
-        noise = dp.rng.normal(0.0, dp.std, total[k].shape) if dp.std > 0 else 0.0
+        noise = dp.rng.normal(0.0, std, total[k].shape) if std > 0 else 0.0
         out[k] = (total[k] + noise) / dp.expected
     return out
 
@@ -86,7 +93,7 @@ class MeanCombiner:
         control = None if self.control is None else self.control.total
         if self.dp is None or self.mean.total is None:
             return self.mean.mean(), control, {"aggregated": self.mean.count}
-        return dp_mean(self.mean.total, self.dp), control, {"aggregated": self.mean.count}
+        return dp_mean(self.mean.total, self.dp, self.mean.count), control, {"aggregated": self.mean.count}
 
 
 class RobustCombiner:
@@ -154,5 +161,5 @@ class SecAggCombiner:
         decoded = {k: self.protocol.codec.decode(v) for k, v in plain.items()}
         weight = float(decoded.pop(WEIGHT_KEY)[0])
         if self.dp is not None:
-            return dp_mean(decoded, self.dp), None, stats
+            return dp_mean(decoded, self.dp, len(self.survivors)), None, stats
         return {k: v / weight for k, v in decoded.items()}, None, stats

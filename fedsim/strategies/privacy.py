@@ -16,6 +16,7 @@ composition (the equality with the library's own `compose(event, t)` is a test).
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 
 import numpy as np
@@ -54,20 +55,39 @@ class DPAccountant:
 
 
 def sampling_rate(s, pop=None, profile=None) -> float:
-    """q: the chance that a given client's update is in a round's sum. K = clients_per_round updates are used,
-    drawn among the clients that are online and can hold the model, so q = K / (num_clients x the lowest
-    online share x the eligible share): availability below 1, a diurnal trough or devices that cannot train
-    make the pool smaller and q larger (epsilon is never understated for them). Selection draws a fixed-size
-    cohort without replacement; it is accounted as Poisson sampling at that rate (McMahan et al. 2018 do the
-    same)."""
+    """q: an upper bound on the chance that a given client's update is in a round's sum.
+
+    A round selects ceil(K x over_selection) clients among those online (and, with `server.selection:
+    eligible`, able to hold the model); a fast client is nearly always among the K that count, so q is the
+    selected count over the smallest pool: num_clients x the lowest online share (availability x (1 -
+    diurnal amplitude); with behaviour traces the lowest share seen on a grid over their period) x the eligible
+    share when only eligible clients check in. A pool shrunk by availability, a trough or ineligible devices
+    never understates epsilon. Selection draws a fixed-size cohort without replacement; it is accounted as
+    Poisson sampling at that rate, as McMahan et al. 2018 do.
+    """
+    selected = math.ceil(s.server.clients_per_round * s.server.over_selection)
     share = 1.0
     if pop is not None:
-        share = pop.mean_availability * (1.0 - s.population.diurnal.amplitude)
-        if profile is not None:
+        share = _lowest_online_share(s, pop)
+        if profile is not None and s.server.selection == "eligible":
             from fedsim.costs.profile import fitting_option
 
             share *= float(np.mean(fitting_option(profile, pop.memory_bytes) >= 0))
-    return min(1.0, s.server.clients_per_round / max(s.population.num_clients * share, 1e-12))
+    return min(1.0, selected / max(s.population.num_clients * share, 1e-12))
+
+
+def _lowest_online_share(s, pop, points: int = 288, sample: int = 20_000) -> float:
+    """The smallest share of clients online at any time: a(1 - amplitude), or, with traces, the minimum over
+    `points` instants of one period of a seeded sample of clients."""
+    if pop.windows is None:
+        return pop.mean_availability * (1.0 - s.population.diurnal.amplitude)
+    from fedsim.rng import stream
+
+    ids = np.arange(pop.size)
+    if pop.size > sample:
+        ids = np.sort(stream(s.seed, "dp-online-share").choice(pop.size, sample, replace=False))
+    grid = np.linspace(0.0, float(pop.windows.period[ids].max()), points, endpoint=False)
+    return float(min(pop.windows.online(ids, t).mean() for t in grid))
 
 
 def accountant_for(s, pop=None, profile=None) -> DPAccountant | None:

@@ -151,35 +151,43 @@ class SecAggRound:
         self.threshold, self.codec = int(threshold), codec
         self._clients: dict[int, _Client] = {}
         self.public_keys: dict[int, tuple[int, int]] = {}  # u -> (c_u^PK, s_u^PK), what the server broadcasts
-        self._inbox: dict[int, dict[int, tuple[int, int]]] = {v: {} for v in self.cohort}  # v -> u -> shares
-        xs = [v + 1 for v in self.cohort]  # Shamir evaluation points (nonzero)
+        self._inbox: dict[int, dict[int, tuple[int, int]]] | None = None  # v -> u -> shares, on first need
         for u in self.cohort:
             gen = stream(seed, "secagg", rnd, u)
             c_sk, s_sk, b = (1 + _field_element(gen) % (P - 2), 1 + _field_element(gen) % (P - 2),
                              _field_element(gen))
             self._clients[u] = _Client(c_sk, s_sk, b, gen)
             self.public_keys[u] = (pow(G, c_sk, P), pow(G, s_sk, P))
-        for u in self.cohort:  # ShareKeys: (encrypted, relayed) shares of s_u^SK and b_u to every v in U1
-            s_shares = shamir_share(self._clients[u].s_sk, self.threshold, xs, self._clients[u].gen)
-            b_shares = shamir_share(self._clients[u].b, self.threshold, xs, self._clients[u].gen)
-            for v in self.cohort:
-                self._inbox[v][u] = (s_shares[v + 1], b_shares[v + 1])
+
+    def _share_keys(self) -> dict[int, dict[int, tuple[int, int]]]:
+        """ShareKeys: (encrypted, relayed) shares of s_u^SK and b_u from every u to every v in U1. Dealt on first
+        need (only unmasking reads them): a client masking its input needs only its secrets and the public
+        keys, so a worker never pays the O(n^2 t) dealing."""
+        if self._inbox is None:
+            xs = [v + 1 for v in self.cohort]  # Shamir evaluation points (nonzero)
+            self._inbox = {v: {} for v in self.cohort}
+            for u in self.cohort:
+                s_shares = shamir_share(self._clients[u].s_sk, self.threshold, xs, self._clients[u].gen)
+                b_shares = shamir_share(self._clients[u].b, self.threshold, xs, self._clients[u].gen)
+                for v in self.cohort:
+                    self._inbox[v][u] = (s_shares[v + 1], b_shares[v + 1])
+        return self._inbox
 
     def mask(self, client: int, encoded: Tensors) -> Tensors:
         """client's masked input y_u = x_u + PRG(b_u) + sum_{v>u} PRG(s_uv) - sum_{v<u} PRG(s_uv)  (mod 2^bits),
         computed from its own secrets and the others' advertised s_v^PK (MaskedInputCollection)."""
         me = self._clients[client]
         dtype = self.codec.dtype
+        pairs = [(v, agree(me.s_sk, self.public_keys[v][1])) for v in self.cohort if v != client]
         out: Tensors = {}
         for name in sorted(encoded):
             x = np.asarray(encoded[name])
             if x.dtype != dtype:
                 raise TypeError(f"{name}: expected encoded {np.dtype(dtype)}, got {x.dtype}")
             y = x + prg(me.b, name, x.shape, dtype)
-            for v in self.cohort:
-                if v != client:
-                    m = prg(agree(me.s_sk, self.public_keys[v][1]), name, x.shape, dtype)
-                    y = y + m if client < v else y - m
+            for v, seed in pairs:
+                m = prg(seed, name, x.shape, dtype)
+                y = y + m if client < v else y - m
             out[name] = y
         return out
 
@@ -187,7 +195,7 @@ class SecAggRound:
         """The Unmasking message of survivor `holder`: for each survivor u its share of b_u, for each dropped
         member u its share of s_u^SK ("b" / "s", share); never both for one u, which keeps x_u private."""
         alive = set(survivors)
-        return {u: ("b", bs) if u in alive else ("s", ss) for u, (ss, bs) in self._inbox[holder].items()}
+        return {u: ("b", bs) if u in alive else ("s", ss) for u, (ss, bs) in self._share_keys()[holder].items()}
 
     def unmask(self, masked_sum: Tensors, survivors: Sequence[int]) -> Tensors:
         """From the modular sum of the survivors' (U2) masked inputs: reconstruct (Shamir, from >= threshold

@@ -14,10 +14,19 @@ from fedsim.strategies.privacy import DPAccountant, accountant_for
 def test_the_step_is_the_noised_sum_over_the_expected_cohort():
     # sum = [4, 8], z S = 2, K = 4: mean [1, 2] plus noise of std z S / K = 0.5 per coordinate
     dp = DPNoise(clip=1.0, std=2.0, expected=4, rng=np.random.default_rng(0))
-    noiseless = dp_mean({"w": np.array([4.0, 8.0])}, DPNoise(1.0, 0.0, 4, np.random.default_rng(0)))
+    noiseless = dp_mean({"w": np.array([4.0, 8.0])}, DPNoise(1.0, 0.0, 4, np.random.default_rng(0)), 4)
     np.testing.assert_array_equal(noiseless["w"], [1.0, 2.0])
-    big = dp_mean({"w": np.zeros(200_000)}, dp)["w"]
+    big = dp_mean({"w": np.zeros(200_000)}, dp, 4)["w"]
     assert big.std() == pytest.approx(0.5, rel=0.01) and abs(big.mean()) < 0.01
+
+
+def test_a_sum_short_of_client_shares_gets_the_missing_noise_from_the_server():
+    # clients add shares of std 0.5 sized for t = 4; only 1 update survived quarantine: the server adds the
+    # 3 missing shares' variance, std 0.5 sqrt(3) on the sum, / K = 2 on the mean -> 0.433
+    dp = DPNoise(1.0, 0.0, 2, np.random.default_rng(0), client_share=0.5, needed=4)
+    short = dp_mean({"w": np.zeros(200_000)}, dp, 1)["w"]
+    assert short.std() == pytest.approx(0.5 * np.sqrt(3) / 2, rel=0.01)
+    assert not dp_mean({"w": np.zeros(3)}, dp, 4)["w"].any()  # t shares present: nothing added
 
 
 def test_each_update_is_clipped_to_s_and_counted():
@@ -49,7 +58,7 @@ def test_the_scenario_accountant_samples_k_of_n():
     s = load({}, {"privacy.dp.enabled": True, "server.weighting": "uniform", "population.num_clients": 500,
                   "server.clients_per_round": 10})
     acc = accountant_for(s)
-    assert acc.q == 10 / 500 and acc.z == s.privacy.dp.noise_multiplier and acc.delta == 1e-5
+    assert acc.q == 13 / 500 and acc.z == s.privacy.dp.noise_multiplier and acc.delta == 1e-5
     assert accountant_for(load({})) is None
 
 
@@ -87,18 +96,50 @@ def test_client_noise_shares_add_up_to_the_central_noise_for_the_smallest_releas
     assert not np.array_equal(sent[0], sent[1])  # each client's own stream
 
 
-def test_the_sampling_rate_counts_only_clients_that_can_be_sampled():
+def test_the_sampling_rate_counts_the_selected_over_the_smallest_pool():
     from fedsim.costs.profile import scenario_costs
     from fedsim.strategies.privacy import sampling_rate
 
     over = {"privacy.dp.enabled": True, "server.weighting": "uniform", "population.num_clients": 1000,
-            "server.clients_per_round": 10, "model.name": "tinyllama-1.1b"}
-    s = load({}, {**over, "population.devices": {"laptop": 1.0}})
-    _, pop, profile = scenario_costs(s)
-    assert sampling_rate(s, pop, profile) == pytest.approx(10 / 1000)  # everyone online and eligible
-    half = load({}, {**over, "population.devices": {"laptop": 1.0}, "population.availability": 0.5})
-    _, pop, profile = scenario_costs(half)
-    assert sampling_rate(half, pop, profile) == pytest.approx(10 / 500, rel=0.05)
-    phones = load({}, {**over, "population.devices": {"laptop": 0.5, "phone-budget": 0.5}})
-    _, pop, profile = scenario_costs(phones)  # budget phones cannot hold a 1.1B model: half the pool
-    assert sampling_rate(phones, pop, profile) == pytest.approx(10 / 500, rel=0.1)
+            "server.clients_per_round": 10, "server.over_selection": 1.3, "model.name": "tinyllama-1.1b"}
+
+    def q(extra):
+        s = load({}, {**over, **extra})
+        _, pop, profile = scenario_costs(s)
+        return sampling_rate(s, pop, profile)
+
+    laptops = {"population.devices": {"laptop": 1.0}}
+    assert q(laptops) == pytest.approx(13 / 1000)  # 13 selected (over-selection), everyone online
+    assert q({**laptops, "population.availability": 0.5}) == pytest.approx(13 / 500)
+    assert q({**laptops, "population.diurnal.amplitude": 0.5}) == pytest.approx(13 / 500)  # the trough
+    mixed = {"population.devices": {"laptop": 0.5, "phone-budget": 0.5}}  # budget phones cannot hold 1.1B
+    assert q(mixed) == pytest.approx(13 / 1000)  # uniform selection picks phones too (they just fail)
+    assert q({**mixed, "server.selection": "eligible"}) == pytest.approx(13 / 500, rel=0.1)  # only laptops
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"server.strategy": "scaffold"}, "privacy.dp.enabled"),
+    ({"server.selection": "oort"}, "privacy.dp.enabled"),
+    ({"server.clip_norm": 1.0}, "server.clip_norm"),
+    ({"server.weighting": "samples"}, "server.weighting"),
+    ({"server.schedule": "async"}, "privacy.dp.enabled"),
+    ({"server.aggregation": "median"}, "privacy.dp.enabled"),
+])
+def test_dp_refuses_what_would_void_its_guarantee(over, key):
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load({}, {"privacy.dp.enabled": True, "server.weighting": "uniform", **over})
+    assert err.value.path == key
+
+
+def test_secagg_refuses_a_threshold_no_round_can_meet_and_skips_a_cohort_below_it():
+    from fedsim.errors import ConfigError
+    from fedsim.strategies.base import Strategy
+
+    with pytest.raises(ConfigError) as err:  # t = ceil(0.8 x 13) = 11 > the 10 a round keeps
+        load({}, {"privacy.secagg": {"enabled": True, "threshold": 0.8}, "server.clients_per_round": 10})
+    assert err.value.path == "privacy.secagg.threshold"
+    strategy = Strategy(load({}, {"privacy.secagg.enabled": True}))
+    assert strategy.secagg_task(np.array([7])) is None  # one eligible client: below t = 2, nobody trains
+    assert strategy.secagg_task(np.array([7, 3])).threshold == 2

@@ -76,3 +76,24 @@ def test_oort_prefers_fast_clients_once_it_has_explored():
         late = np.concatenate([p.columns["client_id"] for p, _ in plans[20:]])
         shares[selection] = float(np.mean(np.array(pop.device_names)[pop.device[late]] == "gpu-workstation"))
     assert shares["oort"] > shares["uniform"] + 0.1, shares
+
+
+def test_oort_feedback_folds_a_client_trained_twice_in_one_fedbuff_step_once():
+    """FedBuff may use one client twice in a step: Oort records its last update (no duplicate-id error)."""
+    from fedsim.client_round import ClientResult
+    from fedsim.schedules.base import RoundPlan
+    from fedsim.schedules.selection import OortSelector
+
+    s = load({}, {**MIXED, "server.selection": "oort"})
+    _, pop, profile = scenario_costs(s)
+    sel = OortSelector(s, pop, profile)
+    n = 3
+    cols = {"client_id": np.array([4, 9, 4]), "status": np.zeros(n, np.int8), "start_s": np.array([0.0, 1.0, 5.0]),
+            "finish_s": np.array([3.0, 3.0, 3.0]), "full_s": np.array([3.0, 3.0, 3.0]), "used": np.ones(n, bool)}
+    plan = RoundPlan(1, 0.0, 10.0, cols)
+    results = [ClientResult(c, i, 10, 1.0, "-", True, loss_sq=sq) for i, (c, sq) in enumerate([(4, 1.0), (9, 4.0),
+                                                                                                (4, 9.0)])]
+    sel.feedback(plan, results, None)
+    assert sel.oort.explored().tolist() == [4, 9]
+    u = sel.oort.utility(2, np.array([4, 9]))
+    assert u[0] > u[1]  # client 4's last update (loss^2 9) counts, not its first (1)
