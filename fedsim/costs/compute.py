@@ -39,23 +39,53 @@ class ModelShape:
     trainable_tensors: tuple[int, ...] = ()  # size of each PEFT tensor (wire format and compression)
     n_no_input_grad: int = 0  # first-layer linear parameters whose input gradient PEFT training skips
     first_attention_frozen: bool = False  # first layer's attention needs no backward under PEFT
+    peft_method: str = "lora"  # how the PEFT parameters enter the computation (see adapter_flops_per_token)
+    virtual_tokens: int = 0  # prompt / P-tuning: tokens prepended to every sequence; prefix: keys per layer
+    n_adapter_frozen: int = 0  # adapter parameters in the compute path but not trained (FFA-LoRA's A)
+
+    @property
+    def extra_tokens(self) -> int:
+        """Tokens every sequence gains (prompt and P-tuning prepend virtual tokens; a prefix adds none)."""
+        return self.virtual_tokens if self.peft_method in ("prompt_tuning", "p_tuning") else 0
+
+    @property
+    def extra_keys(self) -> int:
+        """Positions every query attends to beyond the sequence (prompt/P-tuning tokens, or prefix keys)."""
+        return self.virtual_tokens
 
 
 def attention_flops_per_token(shape: ModelShape, seq_len: int) -> float:
-    """A = 4 * L * s * d_attn: QK^T and AV forward FLOPs per token over all layers."""
+    """A = 4 * L * s * d_attn: QK^T and AV forward FLOPs per token over all layers (s: the keys attended)."""
     return 4.0 * shape.num_layers * seq_len * shape.num_heads * shape.head_dim
 
 
+def adapter_flops_per_token(shape: ModelShape) -> float:
+    """Forward FLOPs per token of the PEFT parameters themselves: LoRA's low-rank matmuls 2*N_p (frozen ones
+    included: FFA-LoRA's A still multiplies); IA3's element-wise scaling vectors N_p; prompt and prefix
+    parameters are looked up, not multiplied (0; P-tuning's encoder runs once per sequence, see `step_flops`)."""
+    return {"lora": 2.0, "ia3": 1.0}.get(shape.peft_method, 0.0) * (shape.n_trainable + shape.n_adapter_frozen)
+
+
+def adapter_backward_flops_per_token(shape: ModelShape) -> float:
+    """Backward FLOPs per token of the adapter: input and weight gradients of trained parameters (2x forward),
+    only input gradients of frozen ones (1x)."""
+    per = {"lora": 2.0, "ia3": 1.0}.get(shape.peft_method, 0.0)
+    return per * (2.0 * shape.n_trainable + shape.n_adapter_frozen)
+
+
 def forward_flops_per_token(shape: ModelShape, seq_len: int, peft: bool = True) -> float:
-    """2*N_mm (+ 2*N_p with PEFT) + attention."""
-    return 2.0 * shape.n_matmul + (2.0 * shape.n_trainable if peft else 0.0) + attention_flops_per_token(shape, seq_len)
+    """2*N_mm (+ the adapter's own FLOPs with PEFT) + attention."""
+    return 2.0 * shape.n_matmul + (adapter_flops_per_token(shape) if peft else 0.0) + \
+        attention_flops_per_token(shape, seq_len)
 
 
 def train_flops_per_token(shape: ModelShape, seq_len: int, peft: bool = True, checkpointing: bool = False) -> float:
-    """Forward + backward (+ recomputed forward) FLOPs per trained token."""
+    """Forward + backward (+ recomputed forward) FLOPs per trained token; `seq_len` is the number of keys each
+    query attends to."""
     attn = attention_flops_per_token(shape, seq_len)
     if peft:
-        total = 4.0 * shape.n_matmul - 2.0 * shape.n_no_input_grad + 6.0 * shape.n_trainable + 3.0 * attn
+        total = 4.0 * shape.n_matmul - 2.0 * shape.n_no_input_grad + adapter_flops_per_token(shape) + \
+            adapter_backward_flops_per_token(shape) + 3.0 * attn
         if shape.first_attention_frozen:
             total -= 2.0 * attn / shape.num_layers
     else:
@@ -66,8 +96,13 @@ def train_flops_per_token(shape: ModelShape, seq_len: int, peft: bool = True, ch
 
 
 def step_flops(shape: ModelShape, batch_size: int, seq_len: int, peft: bool = True, checkpointing: bool = False) -> float:
-    """FLOPs of one optimizer step on batch_size sequences of seq_len tokens."""
-    return batch_size * seq_len * train_flops_per_token(shape, seq_len, peft, checkpointing)
+    """FLOPs of one optimizer step on batch_size sequences of seq_len tokens. Prompt and P-tuning prepend
+    their virtual tokens (every layer processes them), a prefix adds keys every query attends to; P-tuning's
+    prompt encoder (an MLP holding its N_p parameters) runs forward and backward once per sequence."""
+    tokens = seq_len + (shape.extra_tokens if peft else 0)
+    keys = seq_len + (shape.extra_keys if peft else 0)
+    encoder = 6.0 * shape.n_trainable * shape.virtual_tokens if peft and shape.peft_method == "p_tuning" else 0.0
+    return batch_size * (tokens * train_flops_per_token(shape, keys, peft, checkpointing) + encoder)
 
 
 def compute_time_s(flops: float, effective_flops_per_s):

@@ -25,11 +25,14 @@ def weight_bytes(shape: ModelShape, dtype: str, quantization: str = "none") -> f
     return shape.n_quantizable * QUANT_BYTES[quantization] + rest * DTYPE_BYTES[dtype]
 
 
-def activation_bytes(shape: ModelShape, batch_size: int, seq_len: int, dtype: str, checkpointing: bool) -> float:
-    """Stored activations for backward (Korthikanti et al. 2022) + fp32 logits and their gradient."""
+def activation_bytes(shape: ModelShape, batch_size: int, seq_len: int, dtype: str, checkpointing: bool,
+                     keys: int | None = None) -> float:
+    """Stored activations for backward (Korthikanti et al. 2022) + fp32 logits and their gradient; `keys` (default
+    seq_len) is how many positions each query attends to (a prefix adds keys, not tokens)."""
     s, b, h, a, n_layers = seq_len, batch_size, shape.hidden_size, shape.num_heads, shape.num_layers
+    k = s if keys is None else keys
     scale = DTYPE_BYTES[dtype] / 2.0  # the formula is for 16-bit activations
-    per_layer = s * b * h * (34.0 + 5.0 * a * s / h) * scale
+    per_layer = s * b * h * (34.0 + 5.0 * a * k / h) * scale
     layers = (n_layers * 2.0 * s * b * h * scale + per_layer) if checkpointing else n_layers * per_layer
     logits = 2.0 * 4.0 * b * s * shape.vocab_size
     return layers + logits
@@ -49,9 +52,12 @@ def memory_breakdown(
     """Bytes per part of one client's peak training memory; their sum is the peak."""
     trained = shape.n_trainable if peft else shape.n_params
     return {
-        "weights": weight_bytes(shape, dtype, quantization) + (shape.n_trainable * 4.0 if peft else 0.0),
+        "weights": weight_bytes(shape, dtype, quantization) + ((shape.n_trainable + shape.n_adapter_frozen) * 4.0
+                                                               if peft else 0.0),
         "gradients": trained * 4.0,
         "optimizer": trained * OPTIMIZER_BYTES[optimizer],
-        "activations": activation_bytes(shape, batch_size, seq_len, dtype, checkpointing),
+        # prompt / P-tuning tokens are real positions of every layer (and of the logits); a prefix adds keys
+        "activations": activation_bytes(shape, batch_size, seq_len + (shape.extra_tokens if peft else 0), dtype,
+                                        checkpointing, seq_len + (shape.extra_keys if peft else 0)),
         "overhead": float(overhead_bytes),
     }

@@ -59,7 +59,7 @@ def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from fedsim.models.shapes import lora_config
+    from fedsim.models.shapes import freeze_for_federation, peft_config
 
     torch.manual_seed(0)  # peft's LoRA A init: the same initial global adapter in every process
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, _TORCH_DTYPES[dtype]))
@@ -68,7 +68,8 @@ def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(base, lora_config(peft_cfg))
+    model = get_peft_model(base, peft_config(peft_cfg))
+    freeze_for_federation(model, peft_cfg)  # FFA-LoRA: A stays at its seeded initialisation, identical everywhere
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     named = sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)

@@ -29,18 +29,30 @@ def hf_config_dict(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def lora_config(peft_cfg: PeftConfig):
-    """The peft LoraConfig a scenario's `peft` section stands for."""
-    from peft import LoraConfig
+PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")  # virtual tokens, no module targets
 
-    targets = list(peft_cfg.target_modules)
-    return LoraConfig(
-        r=peft_cfg.r,
-        lora_alpha=peft_cfg.alpha,
-        lora_dropout=peft_cfg.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-        task_type="CAUSAL_LM",
-    )
+
+def peft_config(peft_cfg: PeftConfig):
+    """The peft config a scenario's `peft` section stands for (LoraConfig, PromptTuningConfig, ...)."""
+    import peft
+
+    m = peft_cfg.method
+    if m in PROMPT_METHODS:
+        cls = {"prompt_tuning": peft.PromptTuningConfig, "prefix_tuning": peft.PrefixTuningConfig,
+               "p_tuning": peft.PromptEncoderConfig}[m]
+        extra = {"encoder_hidden_size": peft_cfg.encoder_hidden_size} if m == "p_tuning" else {}
+        return cls(num_virtual_tokens=peft_cfg.num_virtual_tokens, task_type="CAUSAL_LM", **extra)
+    targets = None if peft_cfg.target_modules is None else list(peft_cfg.target_modules)
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    if m == "ia3":
+        ff = None if peft_cfg.feedforward_modules is None else list(peft_cfg.feedforward_modules)
+        return peft.IA3Config(target_modules=targets, feedforward_modules=ff, task_type="CAUSAL_LM")
+    return peft.LoraConfig(r=peft_cfg.r, lora_alpha=peft_cfg.alpha, lora_dropout=peft_cfg.dropout,
+                           target_modules=targets, task_type="CAUSAL_LM")
+
+
+lora_config = peft_config  # the name callers used when LoRA was the only method
 
 
 def _count(config: dict[str, Any], peft_cfg: PeftConfig, name: str = "the model") -> ModelShape:
@@ -66,9 +78,10 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig, name: str = "the model"
     first = _first_layer_linears(model)
     check_target_modules(model, peft_cfg, name)
     try:
-        peft_model = get_peft_model(model, lora_config(peft_cfg))
+        peft_model = get_peft_model(model, peft_config(peft_cfg))
     except ValueError as exc:  # peft's NoMatchingPeftModuleError is one; so is "module type not supported"
         raise _peft_error(exc, model, peft_cfg, name) from None
+    frozen = freeze_for_federation(peft_model, peft_cfg)
     skip, attn_frozen = _frozen_first_layer(first, peft_model)
     n_trainable, _ = peft_model.get_nb_trainable_parameters()
     tensors = tuple(int(p.numel()) for _, p in sorted(peft_model.named_parameters()) if p.requires_grad)
@@ -87,7 +100,23 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig, name: str = "the model"
         trainable_tensors=tensors,
         n_no_input_grad=skip,
         first_attention_frozen=attn_frozen,
+        peft_method=peft_cfg.method,
+        virtual_tokens=peft_cfg.num_virtual_tokens if peft_cfg.method in PROMPT_METHODS else 0,
+        n_adapter_frozen=frozen,
     )
+
+
+def freeze_for_federation(peft_model, peft_cfg: PeftConfig) -> int:
+    """Freeze what the LoRA federation variant does not train (FFA-LoRA: every lora_A, Sun et al. 2024); returns
+    how many adapter parameters were frozen. The same call shapes the meta model and the trained one."""
+    if peft_cfg.method != "lora" or peft_cfg.federation != "ffa":
+        return 0
+    frozen = 0
+    for name, param in peft_model.named_parameters():
+        if ".lora_A." in name:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
 
 
 def _linear_names(model, limit: int = 16) -> str:
@@ -105,6 +134,8 @@ def check_target_modules(model, peft_cfg: PeftConfig, name: str) -> None:
 
     A name matches a module whose full name equals it or ends with "." + name, as peft matches a list.
     """
+    if peft_cfg.target_modules is None or peft_cfg.method in PROMPT_METHODS:
+        return  # peft's own defaults, or no module targets at all
     targets = list(peft_cfg.target_modules)
     if targets == ["all-linear"]:
         return
@@ -149,11 +180,13 @@ def _frozen_first_layer(first: dict[str, int], peft_model) -> tuple[int, bool]:
     known = set(_ATTN_IN + _ATTN_OUT + _MLP_IN + _MLP_OUT)
     if not first or not set(first) <= known:
         return 0, False  # unknown block layout: assume every input gradient is computed
+    if peft_model.peft_config["default"].is_prompt_learning:
+        return 0, False  # virtual tokens (or prefixes) reach the first layer: every input gradient is needed
     adapted = set()
     for name, param in peft_model.named_parameters():
         parts = name.split(".")
         if param.requires_grad and ".layers.0." in name:
-            adapted.update(parts[i - 1] for i, part in enumerate(parts) if part.startswith("lora_"))
+            adapted.update(parts[i - 1] for i, part in enumerate(parts) if part.startswith(("lora_", "ia3_")))
     skip, grad = 0, False
     for group in (_ATTN_IN, _ATTN_OUT, _MLP_IN, _MLP_OUT):
         present = [m for m in group if m in first]
@@ -171,7 +204,7 @@ def model_shape(name: str, peft_cfg: PeftConfig) -> ModelShape:
     A `peft.target_modules` that names no module of the model is a ConfigError on that key (never cached).
     """
     config = hf_config_dict(name)
-    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 3})
+    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 4})
     path = cache_dir("shapes") / f"{key}.json"
     if path.is_file():
         data = json.loads(path.read_text())

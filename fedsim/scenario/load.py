@@ -98,8 +98,10 @@ def _check(s: Scenario, raw: dict[str, Any], base: Path) -> dict[str, Any]:
             f"{s.server.clients_per_round} x over_selection {s.server.over_selection} = {n_sel} "
             f"exceeds population.num_clients {s.population.num_clients}",
         )
-    if not s.peft.target_modules:
+    if s.peft.method == "lora" and not s.peft.target_modules:
         raise ConfigError("peft.target_modules", "expected at least one module name (or [all-linear])")
+    if s.peft.method == "ia3" and s.peft.target_modules is not None and not s.peft.target_modules:
+        raise ConfigError("peft.target_modules", "expected at least one module name, or null for peft's default")
     _check_robust_rule(s)
     _check_strategy(s)
     if s.data.samples_per_client.min > s.data.samples_per_client.max:

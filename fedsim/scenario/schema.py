@@ -40,13 +40,21 @@ class ModelConfig:
 
 @dataclass(frozen=True, config=_CFG)
 class PeftConfig:
-    """PEFT method applied with `peft` (Hu et al. 2021, LoRA)."""
+    """PEFT method applied with `peft`: LoRA (Hu et al. 2021), prompt tuning (Lester et al. 2021), prefix
+    tuning (Li and Liang 2021), P-tuning (Liu et al. 2021), IA3 (Liu et al. 2022)."""
 
-    method: Literal["lora"] = "lora"
+    method: Literal["lora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3"] = "lora"
     r: PosInt = 8
     alpha: PosFloat = 16.0
     dropout: Prob = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    # LoRA and IA3 adapt these modules (IA3: None = peft's default for the architecture)
+    target_modules: tuple[str, ...] | None = ("q_proj", "v_proj")
+    feedforward_modules: tuple[str, ...] | None = None  # IA3: which targets scale their input (None: peft's)
+    num_virtual_tokens: PosInt = 20  # prompt / prefix / P-tuning: trained virtual tokens (lengthen the sequence)
+    # How LoRA is federated: standard (A and B trained and averaged) or ffa (FFA-LoRA, Sun et al. 2024: A frozen
+    # at its shared seeded initialisation, only B trained and sent: half the bytes, an exactly linear average)
+    federation: Literal["standard", "ffa"] = "standard"
+    encoder_hidden_size: PosInt = 128  # P-tuning: the prompt encoder's MLP width
 
 
 @dataclass(frozen=True, config=_CFG)

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from fedsim import catalog
 from fedsim.costs.compute import step_flops
-from fedsim.models.shapes import _count, lora_config, model_shape
+from fedsim.models.shapes import _count, freeze_for_federation, lora_config, model_shape
 from fedsim.scenario.schema import PeftConfig
 
 # Published parameter counts (model cards / HF safetensors metadata).
@@ -78,3 +78,46 @@ def test_flop_model_within_10_percent_of_flop_counter(arch, batch, seq, targets,
         model(input_ids=x, labels=x).loss.backward()
     full = step_flops(shape, batch, seq, peft=False, checkpointing=ckpt)
     assert abs(full / counter.get_total_flops() - 1) < 0.10
+
+
+METHODS = [  # (peft section, what it changes in the computation)
+    PeftConfig(method="prompt_tuning", num_virtual_tokens=16, target_modules=None),  # 16 more tokens everywhere
+    PeftConfig(method="prefix_tuning", num_virtual_tokens=16, target_modules=None),  # 16 more keys per layer
+    PeftConfig(method="p_tuning", num_virtual_tokens=16, encoder_hidden_size=64, target_modules=None),  # + encoder
+    PeftConfig(method="ia3", target_modules=None),  # scaling vectors on k, v, down (peft's Llama default)
+    PeftConfig(method="ia3", target_modules=("q_proj", "v_proj", "up_proj"), feedforward_modules=("up_proj",)),
+    PeftConfig(method="lora", federation="ffa", target_modules=("q_proj", "v_proj", "down_proj")),  # A frozen
+]
+
+
+@pytest.mark.parametrize("peft_cfg", METHODS, ids=lambda c: f"{c.method}-{c.target_modules}")
+def test_every_peft_family_costs_what_its_real_peft_model_computes(peft_cfg):
+    """Trainable counts equal peft's; FLOPs within 10% of FlopCounterMode on the real peft model (virtual tokens
+    lengthen the sequence, a prefix the keys; IA3 vectors add almost nothing)."""
+    arch = dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=8,
+                num_key_value_heads=8)
+    config = dict(model_type="llama", vocab_size=512, tie_word_embeddings=False, **arch)
+    batch, seq = 4, 64
+    shape = _count(config, peft_cfg)
+    d = dict(config)
+    hf = AutoConfig.for_model(d.pop("model_type"), **d)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_config(hf, attn_implementation="eager"), lora_config(peft_cfg))
+    freeze_for_federation(model, peft_cfg)  # what the worker does (FFA-LoRA freezes A)
+    assert shape.n_trainable == model.get_nb_trainable_parameters()[0]
+    assert shape.peft_method == peft_cfg.method
+    model.train()
+    x = torch.randint(0, 512, (batch, seq))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(input_ids=x, labels=x).loss.backward()
+    predicted = step_flops(shape, batch, seq, peft=True)
+    assert abs(predicted / counter.get_total_flops() - 1) < 0.10, (predicted, counter.get_total_flops())
+    lora = _count(config, PeftConfig(r=8, target_modules=("q_proj", "v_proj")))
+    if peft_cfg.method in ("prompt_tuning", "p_tuning"):  # 16 of 64 tokens more: ~25% more work than LoRA
+        assert predicted > 1.2 * step_flops(lora, batch, seq)
+    if peft_cfg.federation == "ffa":  # only B trains: r x (out) per module, A (in x r) frozen but multiplied
+        standard = _count(config, PeftConfig(r=8, target_modules=peft_cfg.target_modules))
+        assert shape.n_trainable + shape.n_adapter_frozen == standard.n_trainable
+        # 4 layers x r 8 x (B: out 128 + 128 + 128; A: in 128 + 128 + 344)
+        assert shape.n_trainable == 4 * 8 * (128 + 128 + 128) and shape.n_adapter_frozen == 4 * 8 * (128 + 128 + 344)

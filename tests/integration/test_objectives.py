@@ -76,3 +76,18 @@ def test_a_local_step_is_corrected_by_c_minus_c_i():
     corrected, _ = train_client(lm, start, ids, labels, s.training, s.seed, 1, 3, correction=corr)
     for k in start:
         np.testing.assert_allclose(corrected[k] - plain[k], -0.1 * corr[k], atol=2e-6)
+
+
+def test_ffa_lora_trains_b_only_and_a_never_changes():
+    """FFA-LoRA (Sun et al. 2024): A stays at its seeded initialisation (the same in every process), only B is
+    in the state clients train and send."""
+    s, lm, start, ids, labels = _client({"peft.federation": "ffa", "training.local_steps": 3}, 5)
+    assert start and all(".lora_B." in k for k in start)
+    a_before = {n: p.detach().clone() for n, p in lm.model.named_parameters() if ".lora_A." in n}
+    assert a_before and not any(p.requires_grad for n, p in lm.model.named_parameters() if ".lora_A." in n)
+    delta, losses = train_client(lm, start, ids, labels, s.training, s.seed, 1, 5)
+    assert set(delta) == set(start) and any(np.abs(d).max() > 0 for d in delta.values())
+    after = dict(lm.model.named_parameters())
+    assert all(torch.equal(after[n], a) for n, a in a_before.items())
+    again = load_local_model(str(ensure_base_model(s.model)), s.peft)  # another worker: the same A
+    assert all(torch.equal(dict(again.model.named_parameters())[n], a) for n, a in a_before.items())
