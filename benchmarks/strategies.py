@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("fedavg", "fedopt", "fedprox", "scaffold", "robust-under-attack", "dp", "secagg", "oort")
 
 
-def run(name: str, rounds: int, out: Path) -> dict:
-    """`fedsim run scenarios/strategies/<name>.yaml` in a fresh process; its summary plus the measured wall time."""
-    cmd = [str(Path(sys.executable).with_name("fedsim")), "run", f"scenarios/strategies/{name}.yaml", "--out", str(out),
+def run(name: str, rounds: int, out: Path, folder: str = "strategies") -> dict:
+    """`fedsim run scenarios/<folder>/<name>.yaml` in a fresh process; its summary plus the measured wall time."""
+    cmd = [str(Path(sys.executable).with_name("fedsim")), "run", f"scenarios/{folder}/{name}.yaml", "--out", str(out),
            "--overwrite", "--quiet", "--report", "off", "--set", f"server.rounds={rounds}", "--set",
            "runtime.num_workers=2"]
     t0 = time.perf_counter()
@@ -42,7 +42,10 @@ def run(name: str, rounds: int, out: Path) -> dict:
             "time_to_target_s": summary["time_to_target_s"], "target_loss": summary["target_loss"],
             "sim_time_s": summary["sim_time_s"], "bytes": summary["bytes_up"] + summary["bytes_down"],
             "energy_kwh": summary["energy_kwh"], "dp_epsilon": last.get("dp_epsilon"), "wall_s": wall,
-            "clients_trained": summary["clients_trained"]}
+            "clients_trained": summary["clients_trained"], "rounds": summary["rounds"],
+            "upload_bytes": summary["upload_bytes"], "memory_bytes": summary["memory_bytes"],
+            "flops_per_client_round": summary["flops_per_client_round"],
+            "eligible": {d: row["eligible_share"] for d, row in summary["per_device"].items()}}
 
 
 def table(results: dict) -> str:

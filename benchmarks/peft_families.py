@@ -1,0 +1,54 @@
+"""One table for the PEFT families of scenarios/peft/: same seed, population and schedule as
+scenarios/strategies/, only the `peft` section differs (costs booked as TinyLlama-1.1B, the tiny proxy trains).
+
+Each scenario runs as `fedsim run` in a fresh process (2 worker actors, report off): bytes per round, one
+client's upload, FLOPs and peak memory per round, final eval loss, energy, and which device classes can take
+part (the share of each class whose memory holds the training step).
+
+    python benchmarks/peft_families.py [--rounds 20]
+
+Run it alone. Results: benchmarks/results/peft.json and a Markdown table on stdout (pasted into README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from strategies import ROOT, run
+
+ORDER = ("lora", "ffa-lora", "prompt-tuning", "prefix-tuning", "p-tuning", "ia3")
+
+
+def table(results: dict) -> str:
+    """The README's Markdown table."""
+    devices = list(next(iter(results.values()))["eligible"])
+    lines = ["| method | upload / client | bytes / round (MB) | GFLOP / client-round | memory (GB) | final eval loss | "
+             "energy (kWh) | can take part (share eligible) |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        part = ", ".join(f"{d} {r['eligible'][d]:.0%}" for d in devices if r["eligible"][d] > 0)
+        lines.append(f"| {name} | {r['upload_bytes'] / 1e3:,.0f} kB | {r['bytes'] / r['rounds'] / 1e6:.1f} | "
+                     f"{r['flops_per_client_round'] / 1e9:,.0f} | {r['memory_bytes'] / 1e9:.2f} | "
+                     f"{r['final_eval_loss']:.3f} | {r['energy_kwh']:.3f} | {part} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run every method once, write the JSON, print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ORDER:
+            results[name] = run(name, args.rounds, Path(tmp) / name, folder="peft")
+            print(name, json.dumps(results[name]), flush=True)
+    (ROOT / "benchmarks" / "results" / "peft.json").write_text(json.dumps({"rounds": args.rounds,
+                                                                           "results": results}, indent=2) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Every PEFT family of scenarios/peft/ in train mode through real Ray and peft: it learns, and estimate mode
+books exactly the costs train mode booked (each family's own bytes, FLOPs and memory)."""
+
+from pathlib import Path
+
+import pytest
+import ray
+
+import fedsim
+
+METHODS = ("lora", "ffa-lora", "prompt-tuning", "prefix-tuning", "p-tuning", "ia3")
+SMALL = {"server.rounds": 3, "server.eval_every": 0, "population.num_clients": 200, "data.eval_samples": 32,
+         "runtime.num_workers": 2}
+SCENARIOS = Path(__file__).parents[2] / "scenarios" / "peft"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        return {m: fedsim.run(SCENARIOS / f"{m}.yaml", SMALL, out=tmp_path_factory.mktemp(m) / "run", quiet=True,
+                              report="off") for m in METHODS}
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_family_trains_and_estimate_books_the_same(runs, method, tmp_path):
+    run = runs[method]
+    assert run.summary["final_eval_loss"] < run.summary["initial_eval_loss"]
+    est = fedsim.estimate(SCENARIOS / f"{method}.yaml", SMALL, out=tmp_path / "est")
+    keys = ("sim_time_s", "selected", "completed", "ineligible", "bytes_up", "bytes_down", "energy_j")
+    assert [{k: r[k] for k in keys} for r in est.rounds] == [{k: r[k] for k in keys} for r in run.rounds]
+    for key in ("upload_bytes", "flops_per_client_round", "memory_bytes"):
+        assert est.summary[key] == run.summary[key]
+
+
+def test_the_families_cost_what_they_are(runs):
+    s = {m: r.summary for m, r in runs.items()}
+    # FFA-LoRA sends B only: on TinyLlama (GQA) that is r x (2048 + 256) of LoRA's r x (2 x 2048 + 2048 + 256)
+    assert s["ffa-lora"]["upload_bytes"] / s["lora"]["upload_bytes"] == pytest.approx(2304 / 6400)
+    sizes = [s[m]["upload_bytes"] for m in ("prompt-tuning", "ia3", "prefix-tuning", "lora")]
+    assert sizes == sorted(sizes)  # 20 x 2048 < IA3's vectors < 20 keys and values per layer < LoRA r=8 on q, v
+    # 20 virtual tokens on 48-token sequences: every layer processes 68 tokens
+    assert s["prompt-tuning"]["flops_per_client_round"] > 1.35 * s["lora"]["flops_per_client_round"]
+    assert s["prompt-tuning"]["memory_bytes"] > s["lora"]["memory_bytes"]
