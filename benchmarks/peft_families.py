@@ -19,7 +19,7 @@ from pathlib import Path
 
 from strategies import ROOT, run
 
-ORDER = ("lora", "ffa-lora", "prompt-tuning", "prefix-tuning", "p-tuning", "ia3")
+ORDER = ("lora", "ffa-lora", "fedsa-lora", "prompt-tuning", "prefix-tuning", "p-tuning", "ia3")
 
 
 def table(results: dict) -> str:
@@ -29,9 +29,12 @@ def table(results: dict) -> str:
              "energy (kWh) | can take part (share eligible) |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         part = ", ".join(f"{d} {r['eligible'][d]:.0%}" for d in devices if r["eligible"][d] > 0)
+        loss = f"{r['final_eval_loss']:.3f}"
+        if r.get("personal_eval_mean") is not None:  # FedSA-LoRA: the personal models are what it trains
+            loss = f"{r['personal_eval_mean']:.3f} ± {r['personal_eval_std']:.3f} personal ({loss} global A, initial B)"
         lines.append(f"| {name} | {r['upload_bytes'] / 1e3:,.0f} kB | {r['bytes'] / r['rounds'] / 1e6:.1f} | "
                      f"{r['flops_per_client_round'] / 1e9:,.0f} | {r['memory_bytes'] / 1e9:.2f} | "
-                     f"{r['final_eval_loss']:.3f} | {r['energy_kwh']:.3f} | {part} |")
+                     f"{loss} | {r['energy_kwh']:.3f} | {part} |")
     return "\n".join(lines)
 
 

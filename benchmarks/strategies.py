@@ -42,6 +42,7 @@ def run(name: str, rounds: int, out: Path, folder: str = "strategies") -> dict:
             "time_to_target_s": summary["time_to_target_s"], "target_loss": summary["target_loss"],
             "sim_time_s": summary["sim_time_s"], "bytes": summary["bytes_up"] + summary["bytes_down"],
             "energy_kwh": summary["energy_kwh"], "dp_epsilon": last.get("dp_epsilon"), "wall_s": wall,
+            "personal_eval_mean": last.get("personal_eval_mean"), "personal_eval_std": last.get("personal_eval_std"),
             "clients_trained": summary["clients_trained"], "rounds": summary["rounds"],
             "upload_bytes": summary["upload_bytes"], "memory_bytes": summary["memory_bytes"],
             "flops_per_client_round": summary["flops_per_client_round"],

@@ -42,6 +42,17 @@ class ModelShape:
     peft_method: str = "lora"  # how the PEFT parameters enter the computation (see adapter_flops_per_token)
     virtual_tokens: int = 0  # prompt / P-tuning: tokens prepended to every sequence; prefix: keys per layer
     n_adapter_frozen: int = 0  # adapter parameters in the compute path but not trained (FFA-LoRA's A)
+    shared_tensors: tuple[int, ...] | None = None  # sizes of the trained tensors that travel (None: all of them)
+
+    @property
+    def sent_tensors(self) -> tuple[int, ...]:
+        """Sizes of the tensors exchanged with the server each round (FedSA-LoRA: A only)."""
+        return self.trainable_tensors if self.shared_tensors is None else self.shared_tensors
+
+    @property
+    def n_sent(self) -> int:
+        """Parameters exchanged each way per round."""
+        return self.n_trainable if self.shared_tensors is None else int(sum(self.shared_tensors))
 
     @property
     def extra_tokens(self) -> int:

@@ -58,7 +58,7 @@ def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Popu
     """Combine shape, training config and catalog into the run's cost profile."""
     t, c = s.training, s.costs
     step = compute.step_flops(shape, t.batch_size, t.seq_len, peft=True, checkpointing=t.gradient_checkpointing)
-    tensors = list(shape.trainable_tensors) or [shape.n_trainable]
+    tensors = list(shape.sent_tensors) or [shape.n_sent]
     quants = (s.model.quantization, *[q for q in s.model.fallback_quantization if q != s.model.quantization])
 
     def breakdown(quant: str) -> dict[str, float]:
@@ -74,7 +74,7 @@ def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Popu
     return CostProfile(
         shape=shape,
         flops_per_client=step * t.local_steps,
-        bytes_down=payloads * comm.payload_bytes(shape.n_trainable, c.transmit_dtype),
+        bytes_down=payloads * comm.payload_bytes(shape.n_sent, c.transmit_dtype),
         bytes_up=payloads * compression.upload_bytes(tensors, c.transmit_dtype, c.upload_compression,
                                                      c.topk_fraction),
         memory_breakdown={**breakdown(s.model.quantization), **variates},
@@ -87,7 +87,7 @@ def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Popu
                                 else cat["energy"]["grid_gco2_per_kwh"]),
         server_power_w=float(cat["energy"]["server_power_w"]),
         secagg={**{k: float(v) for k, v in cat["secagg"].items() if k != "source"}, "bits": float(sa.bits),
-                "numel": float(shape.n_trainable)} if sa.enabled else None,
+                "numel": float(shape.n_sent)} if sa.enabled else None,
     )
 
 

@@ -66,6 +66,8 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
         "rows_dropped": int(stats.get("rows_dropped", 0)),
         "train_loss": stats.get("train_loss"),
         "eval_loss": eval_loss,
+        "personal_eval_mean": stats.get("personal_eval_mean"),  # FedSA-LoRA: clients' own B on own rows
+        "personal_eval_std": stats.get("personal_eval_std"),
         "global_sha": stats.get("global_sha"),
         "wall_s": wall_s,
     }

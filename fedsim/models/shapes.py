@@ -103,7 +103,14 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig, name: str = "the model"
         peft_method=peft_cfg.method,
         virtual_tokens=peft_cfg.num_virtual_tokens if peft_cfg.method in PROMPT_METHODS else 0,
         n_adapter_frozen=frozen,
+        shared_tensors=tuple(int(p.numel()) for n, p in sorted(peft_model.named_parameters())
+                             if p.requires_grad and is_shared(n, peft_cfg)) if peft_cfg.federation == "fedsa" else None,
     )
+
+
+def is_shared(name: str, peft_cfg: PeftConfig) -> bool:
+    """Whether trained parameter `name` goes to the server (FedSA-LoRA keeps every lora_B on the client)."""
+    return not (peft_cfg.method == "lora" and peft_cfg.federation == "fedsa" and ".lora_B." in name)
 
 
 def freeze_for_federation(peft_model, peft_cfg: PeftConfig) -> int:
@@ -204,11 +211,13 @@ def model_shape(name: str, peft_cfg: PeftConfig) -> ModelShape:
     A `peft.target_modules` that names no module of the model is a ConfigError on that key (never cached).
     """
     config = hf_config_dict(name)
-    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 4})
+    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 5})
     path = cache_dir("shapes") / f"{key}.json"
     if path.is_file():
         data = json.loads(path.read_text())
-        return ModelShape(**{**data, "trainable_tensors": tuple(data["trainable_tensors"])})
+        shared = data.get("shared_tensors")
+        return ModelShape(**{**data, "trainable_tensors": tuple(data["trainable_tensors"]),
+                             "shared_tensors": None if shared is None else tuple(shared)})
     shape = _count(config, peft_cfg, name)
     path.write_text(json.dumps(dataclasses.asdict(shape)))
     return shape

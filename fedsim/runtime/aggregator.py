@@ -18,7 +18,6 @@ import numpy as np
 from fedsim.client_round import ClientResult, SecAggTask, state_digest
 from fedsim.client_state import ClientStore
 from fedsim.metrics.ledger import Ledger
-from fedsim.strategies import scaffold
 from fedsim.strategies.base import Strategy
 from fedsim.strategies.fedavg import OrderedFold
 
@@ -53,10 +52,10 @@ class Aggregator:
         self.loss_weight = 0.0
         self.fold = OrderedFold(self._fold)
 
-    def client_state(self, client: int) -> dict[str, np.ndarray]:
-        """A client's stored state (SCAFFOLD: its control variate c_i; zeros before its first round)."""
-        kept = self.store.read(client)
-        return kept if kept is not None else scaffold.zeros_like(scaffold.adapter_part(self.global_state))
+    def client_state(self, client: int) -> dict[str, np.ndarray] | None:
+        """A client's stored state (SCAFFOLD: its control variate c_i; FedSA-LoRA: its personal B), None before
+        its first round (the worker starts it: c_i = 0, B as peft initialised it)."""
+        return self.store.read(client)
 
     def _fold(self, seq: int, discount: float, result: ClientResult, payload: dict[str, dict[str, np.ndarray]]) -> None:
         sent = [v for key in ("delta", "control") for v in payload.get(key, {}).values()]

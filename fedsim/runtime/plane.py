@@ -56,7 +56,21 @@ class TrainPlane:
         self.initial = resolved(self.pool, self.initial)
         self._results = stats["results"]
         due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
+        if due and self.pool.stateful and s.peft.federation == "fedsa" and s.server.personal_eval_clients:
+            stats = {**stats, **self._personal(stats["results"])}
         return Trained(stats, self.pool.evaluate() if due else None)
+
+    def _personal(self, results: list) -> dict:
+        """FedSA-LoRA's personalised evaluation: the round's first trained clients (arrival order), each with
+        its own B on its own held-out rows; their mean and spread."""
+        import numpy as np
+
+        picked = [r.client for r in results if r.finite][: self.s.server.personal_eval_clients]
+        losses = self.pool.evaluate_personal([(c, self.data.client_rows(c)) for c in picked])
+        if not losses:
+            return {}
+        return {"personal_eval_mean": float(np.mean(losses)), "personal_eval_std": float(np.std(losses)),
+                "personal_eval_clients": len(losses)}
 
     def record(self, plan, row: dict) -> None:
         """Ledger rows (by the aggregator), totals, console; a checkpoint when one is due."""

@@ -58,6 +58,10 @@ class Pool:
         self.ready_refs = [w.ready.remote() for w in self.workers]  # asked now, read after round 1
         self.recorded: list = []  # the ledger writes not yet confirmed
         self.window = n * scenario["runtime"]["max_inflight_per_worker"]
+        peft = scenario["peft"]
+        # clients with state in the store: SCAFFOLD's c_i, FedSA-LoRA's personal B
+        self.stateful = scenario["server"]["strategy"] == "scaffold" or \
+            (peft["method"] == "lora" and peft["federation"] == "fedsa")
         versions = resume[0] if resume else {0: self.workers[0].initial_state.remote()}
         here = ray.get_runtime_context().get_node_id()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -103,7 +107,7 @@ class Pool:
         """
         ray, agg = self.ray, self.aggregator
         self.get(agg.begin.remote(rnd, secagg))  # a failure to set the round up surfaces here, not in finish
-        stateful = any(t.config.objective == "scaffold" for t in tasks)
+        stateful = self.stateful
         previous = _previous_same_client(tasks) if stateful else [-1] * len(tasks)
         load = [0] * len(self.workers)
         pending: dict[Any, tuple[int, int, Any]] = {}
@@ -167,6 +171,13 @@ class Pool:
     def evaluate(self) -> float:
         """Eval loss of the current global adapter."""
         return self.get(self.evaluate_async())
+
+    def evaluate_personal(self, clients: list[tuple[int, Any]]) -> list[float]:
+        """Eval loss of each (client, rows)'s personal model on its own held-out rows, spread over the workers."""
+        refs = [self.workers[i % len(self.workers)].evaluate_personal.remote(
+                    self.global_ref, self.aggregator.client_state.remote(c), c, rows)
+                for i, (c, rows) in enumerate(clients)]
+        return [float(x) for x in self.ray.get(refs)]
 
     def digest_async(self):
         """Reference to the digest of the global adapter now (asked before round 1: the initial version)."""

@@ -53,6 +53,11 @@ class Worker:
             model_dir, self.s.peft, self.s.runtime.train_dtype, self.s.training.gradient_checkpointing
         )
         self.data = DataReader(data_spec)
+        from fedsim.models.shapes import is_shared
+
+        # what a client starts its personal part from (FedSA-LoRA: B as peft initialised it, zeros)
+        self.personal0 = {k: v for k, v in self.lm.get_state().items() if not is_shared(k, self.s.peft)}
+        self.holdout = 0.2 if self.personal0 else 0.0  # personalised evaluation needs each client's own rows
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
         self._secagg = None  # (round key, SecAggRound): the cohort's key material, built once per round
 
@@ -84,7 +89,7 @@ class Worker:
 
         self._check()
         c, cfg = self.s.costs, task.config  # the client trains from the global as received; the server decodes it
-        ids, labels, dropped = self.data.client(task.client, task.rows)
+        ids, labels, dropped = self.data.client(task.client, task.rows, self.holdout)
         trained_from = state_digest(global_state)
         if len(ids) == 0:
             return ClientResult(task.client, task.dispatch, 0, math.nan, trained_from, False, dropped), {}
@@ -93,10 +98,14 @@ class Worker:
         correction = None
         if cfg.objective == "scaffold":
             server_c = {k: cast(v, c.transmit_dtype) for k, v in scaffold.server_variate(global_state).items()}
+            client_state = client_state or scaffold.zeros_like(server_c)  # c_i = 0 before its first round
             correction = {k: server_c[k] - client_state[k] for k in server_c}
+        personal = (client_state or self.personal0) if self.personal0 else {}  # FedSA-LoRA: its own B
         mu = cfg.proximal_mu if cfg.objective == "fedprox" else 0.0
-        delta, losses = train_client(self.lm, received, ids, labels, self.s.training, self.s.seed, task.dispatch,
-                                     task.client, mu, correction)
+        delta, losses = train_client(self.lm, {**received, **personal}, ids, labels, self.s.training, self.s.seed,
+                                     task.dispatch, task.client, mu, correction)
+        if personal:  # B never leaves the client: the store stands in for its disk
+            payload["client_state"] = {k: personal[k] + delta.pop(k) for k in personal}
         if cfg.objective == "scaffold":
             t = self.s.training
             _, control = scaffold.client_variate_update(client_state, server_c, delta, t.local_steps, t.lr)
@@ -139,6 +148,13 @@ class Worker:
         masked = self._secagg[1].mask(task.client, {k: v[0] for k, v in coded.items()})
         return masked, sum(v[1] for v in coded.values())
 
+    def _full(self, global_state: dict, personal: dict | None = None) -> dict:
+        """Every trained tensor the model needs: the global's, plus a personal part (FedSA-LoRA: this client's B,
+        or B as initialised for the global model)."""
+        from fedsim.strategies import scaffold
+
+        return {**scaffold.adapter_part(global_state), **self.personal0, **(personal or {})}
+
     def evaluate(self, global_state: dict) -> float:
         """Eval loss of the global adapter on the held-out set."""
         from fedsim.models.local import evaluate
@@ -146,13 +162,22 @@ class Worker:
         self._check()
         if self._eval is None:
             self._eval = self.data.eval_set()
-        return evaluate(self.lm, global_state, *self._eval)
+        return evaluate(self.lm, self._full(global_state), *self._eval)
+
+    def evaluate_personal(self, global_state: dict, personal: dict | None, client: int, rows: np.ndarray) -> float:
+        """Eval loss of one client's personal model (the global's shared part with its own B) on its own
+        held-out rows (FedSA-LoRA's personalised evaluation, Guo et al. 2025)."""
+        from fedsim.models.local import evaluate
+
+        self._check()
+        ids, labels = self.data.heldout(client, rows, self.holdout)
+        return evaluate(self.lm, self._full(global_state, personal), ids, labels)
 
     def export_adapter(self, global_state: dict) -> dict[str, bytes]:
         """The global adapter as files written by peft's `save_pretrained` (returned as bytes: works across nodes),
         byte-identical for identical runs (adapter_config.json's lists sorted)."""
         self._check()
-        self.lm.set_state(global_state)
+        self.lm.set_state(self._full(global_state))
         with tempfile.TemporaryDirectory() as tmp:
             self.lm.model.save_pretrained(tmp)
             files = {str(p.relative_to(tmp)): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}

@@ -247,6 +247,12 @@ def _check_strategy(s: Scenario) -> None:
             raise ConfigError("privacy.secagg.threshold", f"{sa.threshold} of a cohort of {cohort} needs more "
                                                           f"survivors than the {sv.clients_per_round} a round keeps: "
                                                           f"every round would abort")
+    fed = s.peft.federation
+    if fed != "standard" and s.peft.method != "lora":
+        raise ConfigError("peft.federation", f"{fed} federates LoRA's A and B; peft.method is {s.peft.method}")
+    if fed == "fedsa" and sv.strategy == "scaffold":
+        raise ConfigError("peft.federation", "FedSA-LoRA's personal B and SCAFFOLD's control variates are not "
+                                             "combined in either paper: not simulated")
     if sa.enabled and sv.strategy == "scaffold":
         raise ConfigError("privacy.secagg.enabled", "SCAFFOLD's control variates are not masked: not simulated")
     if sa.enabled and sv.clip_norm is not None:

@@ -51,9 +51,10 @@ class PeftConfig:
     target_modules: tuple[str, ...] | None = ("q_proj", "v_proj")
     feedforward_modules: tuple[str, ...] | None = None  # IA3: which targets scale their input (None: peft's)
     num_virtual_tokens: PosInt = 20  # prompt / prefix / P-tuning: trained virtual tokens (lengthen the sequence)
-    # How LoRA is federated: standard (A and B trained and averaged) or ffa (FFA-LoRA, Sun et al. 2024: A frozen
-    # at its shared seeded initialisation, only B trained and sent: half the bytes, an exactly linear average)
-    federation: Literal["standard", "ffa"] = "standard"
+    # How LoRA is federated: standard (A and B trained and averaged); ffa (FFA-LoRA, Sun et al. 2024: A frozen at
+    # its shared seeded initialisation, only B trained and sent); fedsa (FedSA-LoRA, Guo et al. 2025: both trained,
+    # only A shared and averaged, B personal, kept in the client-state store)
+    federation: Literal["standard", "ffa", "fedsa"] = "standard"
     encoder_hidden_size: PosInt = 128  # P-tuning: the prompt encoder's MLP width
 
 
@@ -223,6 +224,9 @@ class ServerConfig:
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
     tau: PosFloat = 1e-3
     eval_every: NonNegInt = 5  # 0: only initial and final evaluation
+    # personalised evaluation (peft.federation fedsa): up to this many of the round's trained clients evaluate
+    # the global A with their own B on their own held-out rows (mean and spread in rounds.jsonl)
+    personal_eval_clients: NonNegInt = 8
     retry_after_s: PosFloat = 60.0  # a round that finds nobody online waits this long before the next one
 
 

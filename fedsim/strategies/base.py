@@ -74,7 +74,11 @@ class Strategy:
 
     # -- aggregator side --------------------------------------------------------------------------------------
     def initial(self, adapter: Tensors) -> Tensors:
-        """Global version 0: the adapter, plus SCAFFOLD's server variate c = 0 (a resumed version has its c)."""
+        """Global version 0: the adapter's shared part (FedSA-LoRA: A only; every B stays with its client), plus
+        SCAFFOLD's server variate c = 0 (a resumed version has its c)."""
+        from fedsim.models.shapes import is_shared
+
+        adapter = {k: v for k, v in adapter.items() if k.startswith(scaffold.PREFIX) or is_shared(k, self.s.peft)}
         if self.sv.strategy != "scaffold" or scaffold.server_variate(adapter):
             return adapter
         return scaffold.with_variate(adapter, scaffold.zeros_like(adapter))

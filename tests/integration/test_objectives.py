@@ -91,3 +91,29 @@ def test_ffa_lora_trains_b_only_and_a_never_changes():
     assert all(torch.equal(after[n], a) for n, a in a_before.items())
     again = load_local_model(str(ensure_base_model(s.model)), s.peft)  # another worker: the same A
     assert all(torch.equal(dict(again.model.named_parameters())[n], a) for n, a in a_before.items())
+
+
+def test_fedsa_lora_sends_a_and_keeps_b():
+    """FedSA-LoRA (Guo et al. 2025) through the worker: the global holds A only, the update is A's, the client
+    keeps its new B; a second round starts from that B, not from zero."""
+    from fedsim.client_round import ClientTask
+    from fedsim.runtime.worker import Worker
+    from fedsim.scenario import dump
+    from fedsim.strategies.base import Strategy
+
+    s = load({}, {"peft.federation": "fedsa", "training.local_steps": 3})
+    model_dir = str(ensure_base_model(s.model))
+    data = prepare_data(s, model_dir, log=lambda _: None)
+    worker = Worker(dump(s), model_dir, data.spec)
+    assert worker.ready() is None
+    start = Strategy(s).initial(worker.initial_state())
+    assert start and all(".lora_A." in k for k in start)
+    result, payload = worker.train(ClientTask(4, 1, 1, 0, data.client_rows(4)), start)
+    assert set(payload["delta"]) == set(start)  # only A travels
+    b = payload["client_state"]
+    assert b and all(".lora_B." in k for k in b) and any(np.abs(v).max() > 0 for v in b.values())
+    _, again = worker.train(ClientTask(4, 2, 2, 0, data.client_rows(4)), start, b)
+    moved = {k: again["client_state"][k] - b[k] for k in b}
+    assert any(np.abs(v).max() > 0 for v in moved.values())  # trained on from its own B
+    personal = worker.evaluate_personal(start, b, 4, data.client_rows(4))
+    assert np.isfinite(personal) and personal < worker.evaluate(start)  # its own B helps on its own rows

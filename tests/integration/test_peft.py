@@ -8,7 +8,7 @@ import ray
 
 import fedsim
 
-METHODS = ("lora", "ffa-lora", "prompt-tuning", "prefix-tuning", "p-tuning", "ia3")
+METHODS = ("lora", "ffa-lora", "fedsa-lora", "prompt-tuning", "prefix-tuning", "p-tuning", "ia3")
 SMALL = {"server.rounds": 3, "server.eval_every": 0, "population.num_clients": 200, "data.eval_samples": 32,
          "runtime.num_workers": 2}
 SCENARIOS = Path(__file__).parents[2] / "scenarios" / "peft"
@@ -27,7 +27,11 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("method", METHODS)
 def test_each_family_trains_and_estimate_books_the_same(runs, method, tmp_path):
     run = runs[method]
-    assert run.summary["final_eval_loss"] < run.summary["initial_eval_loss"]
+    if method == "fedsa-lora":  # personal models: each client's own B on its own held-out rows
+        last = run.rounds[-1]
+        assert last["personal_eval_mean"] < run.summary["initial_eval_loss"] and last["personal_eval_std"] >= 0
+    else:
+        assert run.summary["final_eval_loss"] < run.summary["initial_eval_loss"]
     est = fedsim.estimate(SCENARIOS / f"{method}.yaml", SMALL, out=tmp_path / "est")
     keys = ("sim_time_s", "selected", "completed", "ineligible", "bytes_up", "bytes_down", "energy_j")
     assert [{k: r[k] for k in keys} for r in est.rounds] == [{k: r[k] for k in keys} for r in run.rounds]
@@ -44,3 +48,14 @@ def test_the_families_cost_what_they_are(runs):
     # 20 virtual tokens on 48-token sequences: every layer processes 68 tokens
     assert s["prompt-tuning"]["flops_per_client_round"] > 1.35 * s["lora"]["flops_per_client_round"]
     assert s["prompt-tuning"]["memory_bytes"] > s["lora"]["memory_bytes"]
+
+
+def test_fedsa_shares_a_and_keeps_every_b_on_its_client(runs):
+    from fedsim.client_state import ClientStore
+
+    run, lora = runs["fedsa-lora"], runs["lora"]
+    assert run.summary["upload_bytes"] < lora.summary["upload_bytes"]  # A only
+    store = ClientStore(run.run_dir / "client_state")
+    trained = {int(p.name.split(".r")[0]) for p in (run.run_dir / "client_state").rglob("*.npz")}
+    assert trained and all(set(store.read(c)) and all(".lora_B." in k for k in store.read(c)) for c in trained)
+    assert run.rounds[0]["personal_eval_mean"] is None  # evaluated when due only (eval_every 0: the last round)
