@@ -5,9 +5,10 @@ the LM head; not the input embedding lookup), N_p the PEFT parameters, and A = 4
 attention score/value matmuls (QK^T and AV, each 2*s*d_attn per token per layer, counted over the full square
 as dense kernels compute it):
 
-- forward: 2*N_mm + 2*N_p + A
+- forward: 2*N_mm + 2*N_p + A (LoRA; the other PEFT families: `adapter_flops_per_token`, `step_flops`)
 - backward, frozen base (PEFT): activation gradients through every layer 2*N_mm + 2*A, PEFT input and weight
-  gradients 4*N_p -- the base weight-gradient pass (another 2*N_mm) is skipped;
+  gradients 4*N_p (2*N_p for adapter weights that are not trained, FFA-LoRA's A) -- the base weight-gradient
+  pass (another 2*N_mm) is skipped;
 - backward, full fine-tuning: 4*N_mm + 2*A;
 - activation checkpointing recomputes one forward.
 
@@ -30,7 +31,7 @@ class ModelShape:
     n_matmul: int  # parameters of every linear layer incl. the LM head (tied or not)
     n_embedding: int  # input embedding parameters
     n_quantizable: int  # linear-layer parameters excluding the LM head (what int8/nf4 quantizes)
-    n_trainable: int  # PEFT parameters (what clients train and send)
+    n_trainable: int  # PEFT parameters clients train (what they send: `sent_tensors`)
     num_layers: int
     hidden_size: int
     num_heads: int
@@ -112,7 +113,9 @@ def step_flops(shape: ModelShape, batch_size: int, seq_len: int, peft: bool = Tr
     prompt encoder (an MLP holding its N_p parameters) runs forward and backward once per sequence."""
     tokens = seq_len + (shape.extra_tokens if peft else 0)
     keys = seq_len + (shape.extra_keys if peft else 0)
-    encoder = 6.0 * shape.n_trainable * shape.virtual_tokens if peft and shape.peft_method == "p_tuning" else 0.0
+    # the encoder's MLP weights (its N_p less the looked-up virtual-token embeddings) per virtual token
+    mlp = shape.n_trainable - shape.virtual_tokens * shape.hidden_size
+    encoder = 6.0 * mlp * shape.virtual_tokens if peft and shape.peft_method == "p_tuning" else 0.0
     return batch_size * (tokens * train_flops_per_token(shape, keys, peft, checkpointing) + encoder)
 
 

@@ -46,7 +46,7 @@ class DataReader:
         the last share of its rows, which `heldout` returns (synthetic held-out rows are fresh draws).
         """
         if self._train is not None:
-            rows = np.asarray(rows)[: len(rows) - _held(len(rows), holdout)]
+            rows = self._split(client, rows, holdout)[0]
             batch = self._train[np.asarray(rows, dtype=np.int64)]
             ids = np.asarray(batch["input_ids"], dtype=np.int32).reshape(len(rows), self.spec.seq_len)
             return ids, np.asarray(batch["labels"], dtype=np.int32).reshape(ids.shape), 0
@@ -54,12 +54,23 @@ class DataReader:
         pairs = [synthetic.make_example(synthetic.FAMILIES[int(f)], rng) for f in rows]
         return self._tokenize([p for p, _ in pairs], [r for _, r in pairs])
 
+    def _split(self, client: int, rows: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+        """(train rows, held-out rows) of a table client: a seeded random share held out (a client's rows come
+        in label blocks, so the last ones would be one label)."""
+        rows = np.asarray(rows)
+        n = _held(len(rows), holdout)
+        if n == 0:
+            return rows, rows[:0]
+        out = np.zeros(len(rows), bool)
+        out[stream(self.spec.seed, "heldout", client).permutation(len(rows))[:n]] = True
+        return rows[~out], rows[out]
+
     def heldout(self, client: int, rows: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
-        """One client's own held-out rows: the last share of its table rows, or, synthetic, as many fresh
-        examples of its own task mix from a separate stream (seed, "synthetic-heldout", client)."""
+        """One client's own held-out rows: a seeded share of its table rows (never trained on), or, synthetic,
+        as many fresh examples of its own task mix from a separate stream (seed, "synthetic-heldout", client)."""
         n = _held(len(rows), holdout)
         if self._train is not None:
-            ids, labels, _ = self.client(client, np.asarray(rows)[len(rows) - n:])
+            ids, labels, _ = self.client(client, self._split(client, rows, holdout)[1])
             return ids, labels
         rng = stream(self.spec.seed, "synthetic-heldout", client)
         families = np.asarray(rows)[rng.permutation(len(rows))[:n]]
@@ -72,11 +83,23 @@ class DataReader:
         if self.spec.kind == "table":
             ids, labels, _ = self.client(-1, np.asarray(self.spec.eval_rows, dtype=np.int64))
             return ids, labels
+        ids, labels, _ = self._tokenize(*self._eval_columns()[:2])
+        return ids, labels
+
+    def _eval_columns(self) -> tuple[list, list, list]:
+        """Synthetic eval prompts, responses and task families (an even share of every family)."""
         each = -(-self.spec.eval_samples // len(synthetic.FAMILIES))
         cols = synthetic.generate({f: each for f in synthetic.FAMILIES}, self.spec.seed, "eval")
-        ids, labels, _ = self._tokenize(cols["prompt"][: self.spec.eval_samples],
-                                        cols["response"][: self.spec.eval_samples])
-        return ids, labels
+        n = self.spec.eval_samples
+        return cols["prompt"][:n], cols["response"][:n], cols["task"][:n]
+
+    def eval_tasks(self) -> np.ndarray | None:
+        """The task family of each `eval_set` row (synthetic data; None for a table)."""
+        if self.spec.kind == "table":
+            return None
+        prompts, responses, tasks = self._eval_columns()
+        out = tokenize_batch({"p": prompts, "r": responses}, self.tokenizer, self.spec.seq_len, "p", "r")
+        return np.asarray(tasks, dtype=object)[has_target(out["labels"])]
 
 
 def _held(n: int, share: float) -> int:

@@ -66,6 +66,8 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
         "rows_dropped": int(stats.get("rows_dropped", 0)),
         "train_loss": stats.get("train_loss"),
         "eval_loss": eval_loss,
+        "exact_match": stats.get("exact_match"),  # greedy answers equal to the reference, share of the eval set
+        "exact_match_by_task": stats.get("exact_match_by_task"),
         "personal_eval_mean": stats.get("personal_eval_mean"),  # FedSA-LoRA: clients' own B on own rows
         "personal_eval_std": stats.get("personal_eval_std"),
         "global_sha": stats.get("global_sha"),
@@ -188,6 +190,7 @@ def summarize(rows: list[dict], initial_eval: float | None, extra: dict[str, Any
         "clients_trained": counts["completed"] if trained else 0,
         "initial_eval_loss": initial_eval,
         "final_eval_loss": evals[-1] if evals else initial_eval,
+        "final_exact_match": next((r["exact_match"] for r in reversed(rows) if r.get("exact_match") is not None), None),
         "target_loss": target,
         "time_to_target_s": reached[0] if reached else (0.0 if target and initial_eval and initial_eval <= target
                                                          else None),

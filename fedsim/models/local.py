@@ -127,10 +127,15 @@ def train_client(
     return delta, np.array(losses)
 
 
-def evaluate(lm: LocalModel, state: dict[str, np.ndarray], input_ids: np.ndarray, labels: np.ndarray, batch: int = 64) -> float:
+def evaluate(lm: LocalModel, state: dict[str, np.ndarray], input_ids: np.ndarray, labels: np.ndarray, batch: int = 64,
+             exact: list | None = None) -> float:
     """Mean per-token loss on the response tokens of the eval set (token-weighted over batches).
 
     Sequences are right-padded and attention is causal, so padding never reaches a real token: no mask needed.
+    With `exact` (a list), each row's exact match is appended to it: greedy decoding reproduces the response
+    and stops (EOS) exactly when, at every response position, the most likely token given the reference prefix
+    is the reference token -- by induction over the decoding steps -- so one teacher-forced forward pass
+    decides it, for any PEFT method (prompt tuning's virtual positions are cut off the logits).
     """
     import torch
 
@@ -141,7 +146,12 @@ def evaluate(lm: LocalModel, state: dict[str, np.ndarray], input_ids: np.ndarray
         for i in range(0, len(input_ids), batch):
             lab = lm.batch(labels[i : i + batch])
             n = int((lab[:, 1:] != -100).sum())
-            loss = lm.model(input_ids=lm.batch(input_ids[i : i + batch]), labels=lab).loss
-            total += float(loss) * n
+            out = lm.model(input_ids=lm.batch(input_ids[i : i + batch]), labels=lab)
+            total += float(out.loss) * n
             count += n
+            if exact is not None:
+                pred = out.logits[:, -lab.shape[1]:-1].argmax(-1)  # the prediction of each next token
+                target = lab[:, 1:]
+                seen = target != -100
+                exact.extend((((pred == target) | ~seen).all(dim=1) & seen.any(dim=1)).tolist())
     return total / max(count, 1)

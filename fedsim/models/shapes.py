@@ -159,12 +159,14 @@ def _peft_error(exc: ValueError, model, peft_cfg: PeftConfig, name: str) -> Conf
     import torch
 
     known = (torch.nn.Linear, torch.nn.Embedding)
-    odd = [(t, type(m).__name__) for t in peft_cfg.target_modules for n, m in model.named_modules()
+    odd = [(t, type(m).__name__) for t in (peft_cfg.target_modules or ()) for n, m in model.named_modules()
            if (n == t or n.endswith("." + t)) and not isinstance(m, known)]
     if odd and "not supported" in str(exc):
         reason = f"{odd[0][0]} is a {odd[0][1]}, a module type LoRA cannot adapt"
     else:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+    if peft_cfg.method != "lora" and not peft_cfg.target_modules:
+        return ConfigError("peft.method", f"peft cannot apply {peft_cfg.method} to {name}: {reason}")
     return ConfigError("peft.target_modules", f"peft cannot adapt {', '.join(peft_cfg.target_modules)} of {name}: "
                                               f"{reason}; modules: {_linear_names(model)}")
 
@@ -194,11 +196,15 @@ def _frozen_first_layer(first: dict[str, int], peft_model) -> tuple[int, bool]:
         parts = name.split(".")
         if param.requires_grad and ".layers.0." in name:
             adapted.update(parts[i - 1] for i, part in enumerate(parts) if part.startswith(("lora_", "ia3_")))
+    # IA3 on a feed-forward module scales its *input*: the gradient of that vector needs the input gradient
+    ff = peft_model.peft_config["default"].feedforward_modules if hasattr(peft_model.peft_config["default"],
+                                                                          "feedforward_modules") else None
+    scaled_input = {m for m in adapted if ff and any(m == f or m.endswith(f) for f in ff)}
     skip, grad = 0, False
     for group in (_ATTN_IN, _ATTN_OUT, _MLP_IN, _MLP_OUT):
         present = [m for m in group if m in first]
         if group is _ATTN_IN or not grad:
-            skip += sum(first[m] for m in present)
+            skip += sum(first[m] for m in present if m not in scaled_input)
         grad = grad or any(m in adapted for m in present)
         if group is _ATTN_IN:
             attn_frozen = not grad
@@ -211,7 +217,7 @@ def model_shape(name: str, peft_cfg: PeftConfig) -> ModelShape:
     A `peft.target_modules` that names no module of the model is a ConfigError on that key (never cached).
     """
     config = hf_config_dict(name)
-    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 5})
+    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 6})
     path = cache_dir("shapes") / f"{key}.json"
     if path.is_file():
         data = json.loads(path.read_text())

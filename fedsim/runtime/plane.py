@@ -58,7 +58,10 @@ class TrainPlane:
         due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
         if due and self.pool.stateful and s.peft.federation == "fedsa" and s.server.personal_eval_clients:
             stats = {**stats, **self._personal(stats["results"])}
-        return Trained(stats, self.pool.evaluate() if due else None)
+        if not due:
+            return Trained(stats, None)
+        evaluated = self.pool.evaluate()
+        return Trained({**stats, **evaluated}, evaluated["eval_loss"])
 
     def _personal(self, results: list) -> dict:
         """FedSA-LoRA's personalised evaluation: the round's first trained clients (arrival order), each with
@@ -66,7 +69,8 @@ class TrainPlane:
         import numpy as np
 
         picked = [r.client for r in results if r.finite][: self.s.server.personal_eval_clients]
-        losses = self.pool.evaluate_personal([(c, self.data.client_rows(c)) for c in picked])
+        losses = [x for x in self.pool.evaluate_personal([(c, self.data.client_rows(c)) for c in picked])
+                  if np.isfinite(x)]
         if not losses:
             return {}
         return {"personal_eval_mean": float(np.mean(losses)), "personal_eval_std": float(np.std(losses)),

@@ -168,9 +168,9 @@ class Pool:
         """Reference to the eval loss of the current global adapter (computed on the first worker)."""
         return self.workers[0].evaluate.remote(self.global_ref)
 
-    def evaluate(self) -> float:
-        """Eval loss of the current global adapter."""
-        return self.get(self.evaluate_async())
+    def evaluate(self) -> dict:
+        """Eval loss and exact-match accuracy (overall, per task) of the current global adapter."""
+        return self.get(self.workers[0].evaluate_full.remote(self.global_ref))
 
     def evaluate_personal(self, clients: list[tuple[int, Any]]) -> list[float]:
         """Eval loss of each (client, rows)'s personal model on its own held-out rows, spread over the workers."""

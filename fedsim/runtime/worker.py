@@ -57,7 +57,8 @@ class Worker:
 
         # what a client starts its personal part from (FedSA-LoRA: B as peft initialised it, zeros)
         self.personal0 = {k: v for k, v in self.lm.get_state().items() if not is_shared(k, self.s.peft)}
-        self.holdout = 0.2 if self.personal0 else 0.0  # personalised evaluation needs each client's own rows
+        # personalised evaluation needs each client's own held-out rows (a seeded 20% of a table client's)
+        self.holdout = 0.2 if self.personal0 and self.s.server.personal_eval_clients else 0.0
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
         self._secagg = None  # (round key, SecAggRound): the cohort's key material, built once per round
 
@@ -105,7 +106,9 @@ class Worker:
         delta, losses = train_client(self.lm, {**received, **personal}, ids, labels, self.s.training, self.s.seed,
                                      task.dispatch, task.client, mu, correction)
         if personal:  # B never leaves the client: the store stands in for its disk
-            payload["client_state"] = {k: personal[k] + delta.pop(k) for k in personal}
+            trained = self.lm.get_state()
+            payload["client_state"] = {k: trained[k] for k in personal}
+            delta = {k: v for k, v in delta.items() if k not in personal}
         if cfg.objective == "scaffold":
             t = self.s.training
             _, control = scaffold.client_variate_update(client_state, server_c, delta, t.local_steps, t.lr)
@@ -164,6 +167,23 @@ class Worker:
             self._eval = self.data.eval_set()
         return evaluate(self.lm, self._full(global_state), *self._eval)
 
+    def evaluate_full(self, global_state: dict) -> dict:
+        """Eval loss of the global adapter and the exact-match accuracy of its greedy answers, overall and per
+        task family (synthetic data)."""
+        from fedsim.models.local import evaluate
+
+        self._check()
+        if self._eval is None:
+            self._eval = self.data.eval_set()
+        correct: list = []
+        loss = evaluate(self.lm, self._full(global_state), *self._eval, exact=correct)
+        hits = np.asarray(correct, dtype=float)
+        out = {"eval_loss": loss, "exact_match": float(hits.mean()) if len(hits) else None}
+        tasks = self.data.eval_tasks()
+        if tasks is not None and len(tasks) == len(hits):
+            out["exact_match_by_task"] = {t: float(hits[tasks == t].mean()) for t in sorted(set(tasks.tolist()))}
+        return out
+
     def evaluate_personal(self, global_state: dict, personal: dict | None, client: int, rows: np.ndarray) -> float:
         """Eval loss of one client's personal model (the global's shared part with its own B) on its own
         held-out rows (FedSA-LoRA's personalised evaluation, Guo et al. 2025)."""
@@ -171,6 +191,8 @@ class Worker:
 
         self._check()
         ids, labels = self.data.heldout(client, rows, self.holdout)
+        if len(ids) == 0:
+            return math.nan  # nothing held out (a one-row client): not a loss of 0
         return evaluate(self.lm, self._full(global_state, personal), ids, labels)
 
     def export_adapter(self, global_state: dict) -> dict[str, bytes]:

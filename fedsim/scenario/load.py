@@ -247,6 +247,9 @@ def _check_strategy(s: Scenario) -> None:
             raise ConfigError("privacy.secagg.threshold", f"{sa.threshold} of a cohort of {cohort} needs more "
                                                           f"survivors than the {sv.clients_per_round} a round keeps: "
                                                           f"every round would abort")
+    if s.peft.method == "prefix_tuning" and s.training.gradient_checkpointing:
+        raise ConfigError("training.gradient_checkpointing", "peft's prefix tuning does not work with gradient "
+                                                             "checkpointing")
     fed = s.peft.federation
     if fed != "standard" and s.peft.method != "lora":
         raise ConfigError("peft.federation", f"{fed} federates LoRA's A and B; peft.method is {s.peft.method}")

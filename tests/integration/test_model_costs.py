@@ -87,6 +87,7 @@ METHODS = [  # (peft section, what it changes in the computation)
     PeftConfig(method="ia3", target_modules=None),  # scaling vectors on k, v, down (peft's Llama default)
     PeftConfig(method="ia3", target_modules=("q_proj", "v_proj", "up_proj"), feedforward_modules=("up_proj",)),
     PeftConfig(method="lora", federation="ffa", target_modules=("q_proj", "v_proj", "down_proj")),  # A frozen
+    PeftConfig(method="ia3", target_modules=("down_proj",), feedforward_modules=("down_proj",)),  # scales an input
 ]
 
 

@@ -8,7 +8,7 @@ import torch
 from fedsim.data.prepare import prepare_data
 from fedsim.data.reader import DataReader
 from fedsim.models.base import ensure_base_model
-from fedsim.models.local import load_local_model, proximal_term, train_client
+from fedsim.models.local import evaluate, load_local_model, proximal_term, train_client
 from fedsim.scenario import load
 
 
@@ -117,3 +117,33 @@ def test_fedsa_lora_sends_a_and_keeps_b():
     assert any(np.abs(v).max() > 0 for v in moved.values())  # trained on from its own B
     personal = worker.evaluate_personal(start, b, 4, data.client_rows(4))
     assert np.isfinite(personal) and personal < worker.evaluate(start)  # its own B helps on its own rows
+
+
+def test_exact_match_by_one_forward_pass_agrees_with_greedy_generation():
+    """A row counts as an exact match iff greedy decoding reproduces its response and stops: build references
+    from what `generate` really produces (must match) and from a one-token change of it (must not)."""
+    s, lm, start, ids, labels = _client({"peft.method": "lora"}, 2)
+    lm.set_state(start)
+    lm.model.eval()
+    rows_ids, rows_labels, expected = [], [], []
+    for row in range(4):
+        prompt_len = int(np.argmax(labels[row] != -100))
+        prompt = torch.from_numpy(ids[row : row + 1, :prompt_len]).long()
+        gen = lm.model.generate(input_ids=prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        answer = gen[0, prompt_len:].tolist()
+        eos = lm.model.generation_config.eos_token_id
+        eos = eos[0] if isinstance(eos, list) else eos
+        answer = answer[: answer.index(eos) + 1] if eos in answer else answer
+        for wrong in (False, True):
+            ref = list(answer)
+            if wrong:
+                ref[0] = (ref[0] + 1) % lm.model.config.vocab_size
+            seq = ids[row, :prompt_len].tolist() + ref
+            lab = [-100] * prompt_len + ref
+            pad = s.training.seq_len - len(seq)
+            rows_ids.append(seq + [0] * pad)
+            rows_labels.append(lab + [-100] * pad)
+            expected.append(not wrong)  # a reference cut before EOS (seq_len) is matched token for token
+    got: list = []
+    evaluate(lm, start, np.array(rows_ids, np.int32), np.array(rows_labels, np.int32), exact=got)
+    assert got == expected and any(expected)

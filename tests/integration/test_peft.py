@@ -7,6 +7,7 @@ import pytest
 import ray
 
 import fedsim
+from fedsim.data.synthetic import FAMILIES
 
 METHODS = ("lora", "ffa-lora", "fedsa-lora", "prompt-tuning", "prefix-tuning", "p-tuning", "ia3")
 SMALL = {"server.rounds": 3, "server.eval_every": 0, "population.num_clients": 200, "data.eval_samples": 32,
@@ -32,6 +33,9 @@ def test_each_family_trains_and_estimate_books_the_same(runs, method, tmp_path):
         assert last["personal_eval_mean"] < run.summary["initial_eval_loss"] and last["personal_eval_std"] >= 0
     else:
         assert run.summary["final_eval_loss"] < run.summary["initial_eval_loss"]
+    last = run.rounds[-1]  # evaluated: exact-match accuracy of greedy answers, overall and per task family
+    assert 0.0 <= last["exact_match"] <= 1.0 and set(last["exact_match_by_task"]) == set(FAMILIES)
+    assert run.summary["final_exact_match"] == last["exact_match"]
     est = fedsim.estimate(SCENARIOS / f"{method}.yaml", SMALL, out=tmp_path / "est")
     keys = ("sim_time_s", "selected", "completed", "ineligible", "bytes_up", "bytes_down", "energy_j")
     assert [{k: r[k] for k in keys} for r in est.rounds] == [{k: r[k] for k in keys} for r in run.rounds]

@@ -244,3 +244,15 @@ def test_config_errors_survive_pickling_across_processes():
     err = pickle.loads(pickle.dumps(ConfigError("peft.target_modules", "qproj matches no module")))
     assert isinstance(err, ConfigError) and err.path == "peft.target_modules"
     assert str(err) == "peft.target_modules: qproj matches no module"
+
+
+def test_peft_combinations_peft_cannot_run_are_refused_at_load():
+    from fedsim.errors import ConfigError
+
+    for over, key in (({"peft.method": "prefix_tuning", "training.gradient_checkpointing": True},
+                       "training.gradient_checkpointing"),
+                      ({"peft.method": "ia3", "peft.federation": "ffa"}, "peft.federation"),
+                      ({"peft.federation": "fedsa", "server.strategy": "scaffold"}, "peft.federation")):
+        with pytest.raises(ConfigError) as err:
+            load({}, over)
+        assert err.value.path == key
