@@ -68,8 +68,8 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
         "eval_loss": eval_loss,
         "exact_match": stats.get("exact_match"),  # greedy answers equal to the reference, share of the eval set
         "exact_match_by_task": stats.get("exact_match_by_task"),
-        "personal_eval_mean": stats.get("personal_eval_mean"),  # FedSA-LoRA: clients' own B on own rows
-        "personal_eval_std": stats.get("personal_eval_std"),
+        "client_eval_mean": stats.get("client_eval_mean"),  # clients' own held-out rows (FedSA: own B too)
+        "client_eval_std": stats.get("client_eval_std"),
         "global_sha": stats.get("global_sha"),
         "wall_s": wall_s,
     }

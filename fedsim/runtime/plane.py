@@ -56,25 +56,25 @@ class TrainPlane:
         self.initial = resolved(self.pool, self.initial)
         self._results = stats["results"]
         due = rnd == s.server.rounds or (s.server.eval_every and rnd % s.server.eval_every == 0)
-        if due and self.pool.stateful and s.peft.federation == "fedsa" and s.server.personal_eval_clients:
-            stats = {**stats, **self._personal(stats["results"])}
+        fedsa = s.peft.method == "lora" and s.peft.federation == "fedsa"
+        if due and s.server.client_eval_clients and (fedsa or self.data.spec.kind == "synthetic"):
+            stats = {**stats, **self._per_client(stats["results"], fedsa)}
         if not due:
             return Trained(stats, None)
         evaluated = self.pool.evaluate()
         return Trained({**stats, **evaluated}, evaluated["eval_loss"])
 
-    def _personal(self, results: list) -> dict:
-        """FedSA-LoRA's personalised evaluation: the round's first trained clients (arrival order), each with
-        its own B on its own held-out rows; their mean and spread."""
+    def _per_client(self, results: list, personal: bool) -> dict:
+        """Per-client evaluation: the round's first trained clients (arrival order), each with the model it uses
+        (the global one; FedSA-LoRA: with its own B) on its own held-out rows; their mean and spread."""
         import numpy as np
 
-        picked = [r.client for r in results if r.finite][: self.s.server.personal_eval_clients]
-        losses = [x for x in self.pool.evaluate_personal([(c, self.data.client_rows(c)) for c in picked])
+        picked = [r.client for r in results if r.finite][: self.s.server.client_eval_clients]
+        losses = [x for x in self.pool.evaluate_clients([(c, self.data.client_rows(c)) for c in picked], personal)
                   if np.isfinite(x)]
         if not losses:
             return {}
-        return {"personal_eval_mean": float(np.mean(losses)), "personal_eval_std": float(np.std(losses)),
-                "personal_eval_clients": len(losses)}
+        return {"client_eval_mean": float(np.mean(losses)), "client_eval_std": float(np.std(losses))}
 
     def record(self, plan, row: dict) -> None:
         """Ledger rows (by the aggregator), totals, console; a checkpoint when one is due."""

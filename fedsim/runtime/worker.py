@@ -58,7 +58,7 @@ class Worker:
         # what a client starts its personal part from (FedSA-LoRA: B as peft initialised it, zeros)
         self.personal0 = {k: v for k, v in self.lm.get_state().items() if not is_shared(k, self.s.peft)}
         # personalised evaluation needs each client's own held-out rows (a seeded 20% of a table client's)
-        self.holdout = 0.2 if self.personal0 and self.s.server.personal_eval_clients else 0.0
+        self.holdout = 0.2 if self.personal0 and self.s.server.client_eval_clients else 0.0
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
         self._secagg = None  # (round key, SecAggRound): the cohort's key material, built once per round
 
@@ -185,12 +185,13 @@ class Worker:
         return out
 
     def evaluate_personal(self, global_state: dict, personal: dict | None, client: int, rows: np.ndarray) -> float:
-        """Eval loss of one client's personal model (the global's shared part with its own B) on its own
-        held-out rows (FedSA-LoRA's personalised evaluation, Guo et al. 2025)."""
+        """Eval loss of the model one client uses -- the global one, or with `personal` its own part too
+        (FedSA-LoRA's B, Guo et al. 2025) -- on its own held-out rows (synthetic: fresh draws of its task mix, a
+        fifth of its size; a table client: the share held out of its training)."""
         from fedsim.models.local import evaluate
 
         self._check()
-        ids, labels = self.data.heldout(client, rows, self.holdout)
+        ids, labels = self.data.heldout(client, rows, self.holdout or 0.2)
         if len(ids) == 0:
             return math.nan  # nothing held out (a one-row client): not a loss of 0
         return evaluate(self.lm, self._full(global_state, personal), ids, labels)

@@ -224,9 +224,10 @@ class ServerConfig:
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
     tau: PosFloat = 1e-3
     eval_every: NonNegInt = 5  # 0: only initial and final evaluation
-    # personalised evaluation (peft.federation fedsa): up to this many of the round's trained clients evaluate
-    # the global A with their own B on their own held-out rows (mean and spread in rounds.jsonl)
-    personal_eval_clients: NonNegInt = 8
+    # per-client evaluation when the global model is evaluated: up to this many of the round's trained clients
+    # evaluate the model they use (the global one; FedSA-LoRA: global A with their own B) on their own held-out
+    # rows (mean and spread in rounds.jsonl); synthetic data, or table data under FedSA-LoRA (20% held out)
+    client_eval_clients: NonNegInt = 8
     retry_after_s: PosFloat = 60.0  # a round that finds nobody online waits this long before the next one
 
 

@@ -28,9 +28,10 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("method", METHODS)
 def test_each_family_trains_and_estimate_books_the_same(runs, method, tmp_path):
     run = runs[method]
-    if method == "fedsa-lora":  # personal models: each client's own B on its own held-out rows
-        last = run.rounds[-1]
-        assert last["personal_eval_mean"] < run.summary["initial_eval_loss"] and last["personal_eval_std"] >= 0
+    last = run.rounds[-1]  # each evaluated client with its model (FedSA: own B) on its own held-out rows
+    assert last["client_eval_mean"] is not None and last["client_eval_std"] >= 0
+    if method == "fedsa-lora":  # the personal models learn; the global model (B = 0) is the base by construction
+        assert last["client_eval_mean"] < run.summary["initial_eval_loss"]
     else:
         assert run.summary["final_eval_loss"] < run.summary["initial_eval_loss"]
     last = run.rounds[-1]  # evaluated: exact-match accuracy of greedy answers, overall and per task family
@@ -62,4 +63,4 @@ def test_fedsa_shares_a_and_keeps_every_b_on_its_client(runs):
     store = ClientStore(run.run_dir / "client_state")
     trained = {int(p.name.split(".r")[0]) for p in (run.run_dir / "client_state").rglob("*.npz")}
     assert trained and all(set(store.read(c)) and all(".lora_B." in k for k in store.read(c)) for c in trained)
-    assert run.rounds[0]["personal_eval_mean"] is None  # evaluated when due only (eval_every 0: the last round)
+    assert run.rounds[0]["client_eval_mean"] is None  # evaluated when due only (eval_every 0: the last round)
