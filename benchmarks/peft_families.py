@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 
-from strategies import ROOT, run
+from strategies import ROOT, run_all
 
 ORDER = ("lora", "ffa-lora", "fedsa-lora", "prompt-tuning", "prefix-tuning", "p-tuning", "ia3")
 
@@ -45,11 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ORDER:
-            results[name] = run(name, args.rounds, Path(tmp) / name, folder="peft")
-            print(name, json.dumps(results[name]), flush=True)
+    results = run_all(ORDER, args.rounds, folder="peft")
     (ROOT / "benchmarks" / "results" / "peft.json").write_text(json.dumps({"rounds": args.rounds,
                                                                            "results": results}, indent=2) + "\n")
     print(table(results))

@@ -50,6 +50,16 @@ def run(name: str, rounds: int, out: Path, folder: str = "strategies") -> dict:
             "eligible": {d: row["eligible_share"] for d, row in summary["per_device"].items()}}
 
 
+def run_all(names, rounds: int, folder: str = "strategies") -> dict:
+    """Each scenario of scenarios/<folder>/ once, in a fresh process; results by name (printed as they come)."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            results[name] = run(name, rounds, Path(tmp) / name, folder)
+            print(name, json.dumps(results[name]), flush=True)
+    return results
+
+
 def table(results: dict) -> str:
     """The README's Markdown table."""
     lines = ["| strategy | final eval loss | time to target | bytes (GB) | energy (kWh) | epsilon | wall (s) |",
@@ -113,11 +123,7 @@ def main() -> None:
         (ROOT / "benchmarks" / "results" / "secagg_scale.json").write_text(json.dumps(scale, indent=2) + "\n")
         print(secagg_table(scale))
         return
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only:
-            results[name] = run(name, args.rounds, Path(tmp) / name)
-            print(name, json.dumps(results[name]), flush=True)
+    results = run_all(args.only, args.rounds)
     out = ROOT / "benchmarks" / "results" / "strategies.json"
     if set(args.only) != set(ORDER) and out.exists():  # a partial rerun updates its rows of the last full run
         kept = json.loads(out.read_text())
