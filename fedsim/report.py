@@ -20,7 +20,8 @@ from fedsim.metrics import figures
 HEADLINE = [  # (summary key, label, format)
     ("rounds", "rounds (server steps)", "{:d}"), ("sim_time_s", "virtual time", "{:.4g} s"),
     ("time_to_target_s", "time to target loss", "{:.4g} s"), ("initial_eval_loss", "initial eval loss", "{:.4f}"),
-    ("final_eval_loss", "final eval loss", "{:.4f}"), ("completed_total", "updates used", "{:d}"),
+    ("final_eval_loss", "final eval loss", "{:.4f}"), ("final_exact_match", "final exact match", "{:.1%}"),
+    ("completed_total", "updates used", "{:d}"),
     ("dropped_total", "dropped", "{:d}"), ("late_total", "late (cut off)", "{:d}"), ("stale_total", "stale", "{:d}"),
     ("ineligible_total", "ineligible", "{:d}"), ("failed_rounds", "failed rounds", "{:d}"),
     ("bytes_up", "bytes up", "{:.4g}"), ("bytes_down", "bytes down", "{:.4g}"),
@@ -90,6 +91,11 @@ def write_report(run_dir: str | Path) -> Path:
     if clients is not None:
         parts.append(_figure(figures.staleness_hist(clients, figs / "staleness.png"),
                              "Staleness of arrived updates (data: clients.parquet staleness, status)."))
+    evaluated = figures.evaluation(rounds, figs / "evaluation.png")
+    if evaluated is not None:
+        parts.append(_figure(evaluated, "Evaluation: exact-match accuracy of greedy answers, overall and per task "
+                                        "family, and each evaluated client's loss on its own held-out rows (data: "
+                                        "rounds.jsonl exact_match, exact_match_by_task, client_eval_mean/std)."))
     if not (d / "budget.png").is_file() and "per_device" in summary:  # train mode leaves it to the report
         from fedsim.metrics.plots import budget_figure
 

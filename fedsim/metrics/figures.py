@@ -151,3 +151,32 @@ def compare_costs(runs: dict[str, pd.DataFrame], path: Path) -> Path:
     b.set_ylabel("round duration (s)")
     a.legend(fontsize=8)
     return _save(fig, path)
+
+
+def evaluation(rounds: pd.DataFrame, path: Path) -> Path | None:
+    """Exact-match accuracy of the global model (overall, and per task family) and the per-client evaluation
+    (mean and spread of clients' own held-out loss) vs virtual time; None when no round was evaluated."""
+    ev = rounds.dropna(subset=["exact_match"]) if "exact_match" in rounds else rounds.iloc[:0]
+    if ev.empty:
+        return None
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    t = ev.sim_time_s / 3600
+    left.plot(t, 100 * ev.exact_match, "o-", color="k", lw=2, label="all tasks")
+    by_task = [r for r in ev.get("exact_match_by_task", []) if isinstance(r, dict)]
+    if len(by_task) == len(ev):
+        for task in sorted(by_task[0]):
+            left.plot(t, [100 * r.get(task, float("nan")) for r in by_task], lw=1, alpha=0.7, label=task)
+    left.set_xlabel("virtual time (h)")
+    left.set_ylabel("exact match (%)")
+    left.set_ylim(-2, 102)
+    left.legend(fontsize=7, ncol=2)
+    if "client_eval_mean" in ev and ev.client_eval_mean.notna().any():
+        c = ev.dropna(subset=["client_eval_mean"])
+        right.errorbar(c.sim_time_s / 3600, c.client_eval_mean, yerr=c.client_eval_std, fmt="o-", capsize=3,
+                       label="clients' own held-out rows (mean +- sd)")
+    right.plot(t, ev.eval_loss, "s--", color="gray", label="global eval set")
+    right.set_xlabel("virtual time (h)")
+    right.set_ylabel("eval loss")
+    right.legend(fontsize=8)
+    return _save(fig, path)

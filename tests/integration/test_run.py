@@ -282,7 +282,8 @@ def test_report_and_compare_pages_are_self_contained(runs, tmp_path):
     assert len(images) >= 5  # timeline, round times, loss, costs, staleness, budget
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
     assert "src=\"http" not in text and "time to target loss" in text
-    for name in ("timeline", "round_times", "loss", "costs", "staleness"):
+    assert "final exact match" in text
+    for name in ("timeline", "round_times", "loss", "costs", "staleness", "evaluation"):
         assert (runs["async2"].run_dir / "report" / f"{name}.png").is_file()
     out = compare([runs[2].run_dir, runs["async2"].run_dir], tmp_path / "cmp")
     assert out.name == "compare.html" and len(re.findall("data:image/png", out.read_text())) == 2
