@@ -289,6 +289,28 @@ def _abs(raw: dict[str, Any], dotted: str, base: Path, must_exist: bool) -> str 
     return str(path)
 
 
+_PEFT_KEYS = {  # the peft keys each method reads (the others must keep their defaults)
+    "lora": {"r", "alpha", "dropout", "target_modules", "federation"},
+    "ia3": {"target_modules", "feedforward_modules"},
+    "prompt_tuning": {"num_virtual_tokens"},
+    "prefix_tuning": {"num_virtual_tokens"},
+    "p_tuning": {"num_virtual_tokens", "encoder_hidden_size"},
+}
+
+
+def _check_peft_keys(s: Scenario, given: dict[str, Any]) -> None:
+    """A peft key the chosen method does not read, set to something else than its default, is a mistake the
+    user should hear about (e.g. `r: 16` under prompt tuning would otherwise be ignored silently)."""
+    from fedsim.scenario.schema import PeftConfig
+
+    default, used = PeftConfig(), _PEFT_KEYS[s.peft.method] | {"method"}
+    for key in sorted(set(given) - used):
+        if getattr(s.peft, key, None) != getattr(default, key, None) and not (
+                key == "target_modules" and s.peft.target_modules is None):
+            raise ConfigError(f"peft.{key}", f"is not used by peft.method {s.peft.method} (it reads "
+                                             f"{', '.join(sorted(used - {'method'}))})")
+
+
 def load(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
     """Read a scenario (a YAML path or an already-parsed dict), apply overrides, validate everything."""
     if isinstance(source, dict):
@@ -302,6 +324,7 @@ def load(source: str | Path | dict[str, Any], overrides: list[str] | dict[str, A
         scenario = _ADAPTER.validate_python(raw)
     except ValidationError as err:
         raise _explain(err) from None
+    _check_peft_keys(scenario, raw.get("peft") if isinstance(raw.get("peft"), dict) else {})
     raw = _check(scenario, dump(scenario), base)
     scenario = _ADAPTER.validate_python(raw)
     check_population_memory(scenario, catalog.load(scenario.population.catalog))

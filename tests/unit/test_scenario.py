@@ -256,3 +256,16 @@ def test_peft_combinations_peft_cannot_run_are_refused_at_load():
         with pytest.raises(ConfigError) as err:
             load({}, over)
         assert err.value.path == key
+
+
+def test_a_peft_key_the_method_does_not_read_is_refused_unless_left_at_its_default():
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load({}, {"peft.method": "prompt_tuning", "peft.r": 16})
+    assert err.value.path == "peft.r"
+    with pytest.raises(ConfigError) as err:
+        load({}, {"peft.num_virtual_tokens": 5})  # LoRA has no virtual tokens
+    assert err.value.path == "peft.num_virtual_tokens"
+    s = load({}, {"peft.method": "prompt_tuning", "peft.r": 8, "peft.target_modules": None})  # defaults / null
+    assert load(dump(s)).peft.method == "prompt_tuning"  # a resolved config.yaml loads again (resume)
