@@ -7,7 +7,6 @@ imported when the model's shape is already in the cache (`fedsim.models.shapes`)
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from fedsim.strategies.privacy import accountant_for
 def expected_client_rows(s: Scenario) -> int:
     """Roughly how many client rows a run writes (async: a step resolves ~2 buffers' worth of dispatches)."""
     per_step = 2 * s.server.async_.buffer_size if s.server.schedule == "async" else \
-        math.ceil(s.server.clients_per_round * s.server.over_selection)
+        s.server.selected_per_round
     return s.server.rounds * per_step
 
 

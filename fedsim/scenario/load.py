@@ -91,7 +91,7 @@ def _check(s: Scenario, raw: dict[str, Any], base: Path) -> dict[str, Any]:
             raise ConfigError(f"population.diurnal.timezones.{zone}", "expected a UTC offset in hours, -12 to 14")
     if not s.population.devices:
         raise ConfigError("population.devices", "expected at least one device class")
-    n_sel = math.ceil(s.server.clients_per_round * s.server.over_selection)
+    n_sel = s.server.selected_per_round
     if n_sel > s.population.num_clients:
         raise ConfigError(
             "server.clients_per_round",
@@ -242,7 +242,7 @@ def _check_strategy(s: Scenario) -> None:
     if sa.enabled and sv.schedule == "sync":
         from fedsim.strategies.base import secagg_threshold
 
-        cohort = math.ceil(sv.clients_per_round * sv.over_selection)
+        cohort = sv.selected_per_round
         if secagg_threshold(sa.threshold, cohort) > sv.clients_per_round:
             raise ConfigError("privacy.secagg.threshold", f"{sa.threshold} of a cohort of {cohort} needs more "
                                                           f"survivors than the {sv.clients_per_round} a round keeps: "

@@ -7,6 +7,7 @@ user gets by leaving a key out; `config.yaml` in every run directory holds the f
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
@@ -229,6 +230,11 @@ class ServerConfig:
     # rows (mean and spread in rounds.jsonl); synthetic data, or table data under FedSA-LoRA (20% held out)
     client_eval_clients: NonNegInt = 8
     retry_after_s: PosFloat = 60.0  # a round that finds nobody online waits this long before the next one
+
+    @property
+    def selected_per_round(self) -> int:
+        """Clients a sync round selects: ceil(clients_per_round x over_selection)."""
+        return math.ceil(self.clients_per_round * self.over_selection)
 
 
 @dataclass(frozen=True, config=_CFG)

@@ -106,7 +106,7 @@ def select(s: Scenario, pop: Population, rnd: int, now: float, want: int | None 
     online clients that check in (e.g. those whose device can hold the model).
     """
     if want is None:
-        want = math.ceil(s.server.clients_per_round * s.server.over_selection)
+        want = s.server.selected_per_round
     if want <= 0:
         return np.zeros(0, np.int64)
     rng = stream(s.seed, name, rnd, key)

@@ -84,7 +84,7 @@ class OortSelector(CheckIn):
                key: int = 0) -> np.ndarray:
         """Oort's pick among the online, eligible clients not in `exclude`."""
         if want is None:
-            want = int(np.ceil(self.s.server.clients_per_round * self.s.server.over_selection))
+            want = self.s.server.selected_per_round
         excl = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, np.int64)
         known = self.oort.explored()
         known = known[~np.isin(known, excl)]

@@ -16,7 +16,6 @@ composition (the equality with the library's own `compose(event, t)` is a test).
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 
 import numpy as np
@@ -65,7 +64,7 @@ def sampling_rate(s, pop=None, profile=None) -> float:
     never understates epsilon. Selection draws a fixed-size cohort without replacement; it is accounted as
     Poisson sampling at that rate, as McMahan et al. 2018 do.
     """
-    selected = math.ceil(s.server.clients_per_round * s.server.over_selection)
+    selected = s.server.selected_per_round
     share = 1.0
     if pop is not None:
         share = _lowest_online_share(s, pop)
