@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from strategies import ROOT, run_all
+from strategies import ROOT, markdown, run_all
 
 ORDER = ("lora", "ffa-lora", "fedsa-lora", "prompt-tuning", "prefix-tuning", "p-tuning", "ia3")
 
@@ -23,19 +23,19 @@ ORDER = ("lora", "ffa-lora", "fedsa-lora", "prompt-tuning", "prefix-tuning", "p-
 def table(results: dict) -> str:
     """The README's Markdown table."""
     devices = list(next(iter(results.values()))["eligible"])
-    lines = ["| method | upload / client | bytes / round (MB) | GFLOP / client-round | memory (GB) | final eval loss | "
-             "exact match | clients' own rows (mean ± sd) | energy (kWh) | can take part (share eligible) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for name, r in results.items():
         part = ", ".join(f"{d} {r['eligible'][d]:.0%}" for d in devices if r["eligible"][d] > 0)
         loss = f"{r['final_eval_loss']:.3f}"
         clients = f"{r['client_eval_mean']:.3f} ± {r['client_eval_std']:.3f}" if r.get("client_eval_mean") else ""
         if name == "fedsa-lora":  # the personal models are what it trains; its global model is the base
             loss = f"{loss} (global A, B = 0)"
-        lines.append(f"| {name} | {r['upload_bytes'] / 1e3:,.0f} kB | {r['bytes'] / r['rounds'] / 1e6:.1f} | "
-                     f"{r['flops_per_client_round'] / 1e9:,.0f} | {r['memory_bytes'] / 1e9:.2f} | "
-                     f"{loss} | {r['exact_match']:.1%} | {clients} | {r['energy_kwh']:.3f} | {part} |")
-    return "\n".join(lines)
+        rows.append([name, f"{r['upload_bytes'] / 1e3:,.0f} kB", f"{r['bytes'] / r['rounds'] / 1e6:.1f}",
+                     f"{r['flops_per_client_round'] / 1e9:,.0f}", f"{r['memory_bytes'] / 1e9:.2f}", loss,
+                     f"{r['exact_match']:.1%}", clients, f"{r['energy_kwh']:.3f}", part])
+    return markdown(["method", "upload / client", "bytes / round (MB)", "GFLOP / client-round", "memory (GB)",
+                     "final eval loss", "exact match", "clients' own rows (mean ± sd)", "energy (kWh)",
+                     "can take part (share eligible)"], rows)
 
 
 def main() -> None:

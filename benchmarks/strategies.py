@@ -60,16 +60,22 @@ def run_all(names, rounds: int, folder: str = "strategies") -> dict:
     return results
 
 
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (what the README pastes) from a header and rows of formatted cells."""
+    lines = ["| " + " | ".join(cells) + " |" for cells in [header, *rows]]
+    return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
+
+
 def table(results: dict) -> str:
     """The README's Markdown table."""
-    lines = ["| strategy | final eval loss | time to target | bytes (GB) | energy (kWh) | epsilon | wall (s) |",
-             "|---|---|---|---|---|---|---|"]
+    rows = []
     for name, r in results.items():
         ttt = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s'] / 60:.1f} min"
         eps = "" if r["dp_epsilon"] is None else f"{r['dp_epsilon']:.2f}"
-        lines.append(f"| {name} | {r['final_eval_loss']:.3f} | {ttt} | {r['bytes'] / 1e9:.2f} | "
-                     f"{r['energy_kwh']:.3f} | {eps} | {r['wall_s']:.0f} |")
-    return "\n".join(lines)
+        rows.append([name, f"{r['final_eval_loss']:.3f}", ttt, f"{r['bytes'] / 1e9:.2f}", f"{r['energy_kwh']:.3f}",
+                     eps, f"{r['wall_s']:.0f}"])
+    return markdown(["strategy", "final eval loss", "time to target", "bytes (GB)", "energy (kWh)", "epsilon",
+                     "wall (s)"], rows)
 
 
 SECAGG_SCALE = {"population.devices": {"laptop": 1.0}, "server.over_selection": 1.1, "server.rounds": 1,
@@ -101,14 +107,11 @@ def secagg_scale(cohorts=(10_000, 100_000, 1_000_000)) -> dict:
 
 def secagg_table(scale: dict) -> str:
     """The README's table of secure aggregation at 10^4..10^6 clients a round."""
-    lines = ["| clients a round | upload / client, plain -> SecAgg | download / client, plain -> SecAgg | "
-             "round duration, plain -> SecAgg |", "|---|---|---|---|"]
-    for k, r in scale.items():
-        p, a = r["plain"], r["secagg"]
-        lines.append(f"| {int(k):,} | {p['up_per_client'] / 1e6:.2f} -> {a['up_per_client'] / 1e6:.1f} MB | "
-                     f"{p['down_per_client'] / 1e6:.2f} -> {a['down_per_client'] / 1e6:.1f} MB | "
-                     f"{p['duration_s']:.0f} s -> {a['duration_s'] / 3600:.1f} h |")
-    return "\n".join(lines)
+    rows = [[f"{int(k):,}", f"{r['plain']['up_per_client'] / 1e6:.2f} -> {r['secagg']['up_per_client'] / 1e6:.1f} MB",
+             f"{r['plain']['down_per_client'] / 1e6:.2f} -> {r['secagg']['down_per_client'] / 1e6:.1f} MB",
+             f"{r['plain']['duration_s']:.0f} s -> {r['secagg']['duration_s'] / 3600:.1f} h"] for k, r in scale.items()]
+    return markdown(["clients a round", "upload / client, plain -> SecAgg", "download / client, plain -> SecAgg",
+                     "round duration, plain -> SecAgg"], rows)
 
 
 def main() -> None:
