@@ -50,9 +50,7 @@ class DataReader:
             batch = self._train[np.asarray(rows, dtype=np.int64)]
             ids = np.asarray(batch["input_ids"], dtype=np.int32).reshape(len(rows), self.spec.seq_len)
             return ids, np.asarray(batch["labels"], dtype=np.int32).reshape(ids.shape), 0
-        rng = stream(self.spec.seed, "synthetic-client", client)
-        pairs = [synthetic.make_example(synthetic.FAMILIES[int(f)], rng) for f in rows]
-        return self._tokenize([p for p, _ in pairs], [r for _, r in pairs])
+        return self._examples(stream(self.spec.seed, "synthetic-client", client), rows)
 
     def _split(self, client: int, rows: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
         """(train rows, held-out rows) of a table client: a seeded random share held out (a client's rows come
@@ -68,15 +66,17 @@ class DataReader:
     def heldout(self, client: int, rows: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
         """One client's own held-out rows: a seeded share of its table rows (never trained on), or, synthetic,
         as many fresh examples of its own task mix from a separate stream (seed, "synthetic-heldout", client)."""
-        n = _held(len(rows), holdout)
         if self._train is not None:
             ids, labels, _ = self.client(client, self._split(client, rows, holdout)[1])
             return ids, labels
         rng = stream(self.spec.seed, "synthetic-heldout", client)
-        families = np.asarray(rows)[rng.permutation(len(rows))[:n]]
-        pairs = [synthetic.make_example(synthetic.FAMILIES[int(f)], rng) for f in families]
-        ids, labels, _ = self._tokenize([p for p, _ in pairs], [r for _, r in pairs])
+        ids, labels, _ = self._examples(rng, np.asarray(rows)[rng.permutation(len(rows))[:_held(len(rows), holdout)]])
         return ids, labels
+
+    def _examples(self, rng: np.random.Generator, families) -> tuple[np.ndarray, np.ndarray, int]:
+        """One synthetic example per family code, drawn from `rng` in order, tokenized."""
+        pairs = [synthetic.make_example(synthetic.FAMILIES[int(f)], rng) for f in families]
+        return self._tokenize([p for p, _ in pairs], [r for _, r in pairs])
 
     def eval_set(self) -> tuple[np.ndarray, np.ndarray]:
         """The held-out eval set (synthetic: an even share of every task family from the "eval" streams)."""
