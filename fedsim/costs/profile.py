@@ -125,6 +125,13 @@ def payload(p: CostProfile, option: np.ndarray) -> tuple[float, float, float, in
             cost.client_prg_values / a["client_prg_values_per_s"], cost.round_trips)
 
 
+def _trips_by_phase(trips: int) -> tuple[int, int]:
+    """SecAgg's extra round trips by phase: its two key rounds (AdvertiseKeys, ShareKeys) come before training
+    and count in the download phase, the rest (Unmasking) in the upload phase."""
+    before = min(trips, 2)
+    return before, trips - before
+
+
 def secagg_server_s(p: CostProfile, survivors: int, dropped: int) -> float:
     """Seconds the server spends unmasking: regenerating the survivors' self masks and every dropped client's
     pairwise masks with every survivor (Bonawitz et al. 2017, §7: O(n^2 m) with dropouts); 0 without SecAgg."""
@@ -145,10 +152,11 @@ def phase_times(p: CostProfile, pop: Population, ids: np.ndarray, jitter: np.nda
     the upload phase (one latency each), its mask expansion in the compute phase."""
     option = fitting_option(p, pop.memory_bytes[ids])
     down, up, extra_s, trips = payload(p, option)
+    before, after = _trips_by_phase(trips)
     lat = pop.latency_s[ids]
-    t_down = comm.transfer_time_s(down, pop.down_bps[ids], lat) + (2 * lat if trips else 0.0)
+    t_down = comm.transfer_time_s(down, pop.down_bps[ids], lat) + before * lat
     t_comp = compute.compute_time_s(p.flops_per_client, pop.flops[ids]) * jitter + extra_s
-    t_up = comm.transfer_time_s(up, pop.up_bps[ids], lat) + (lat if trips else 0.0)
+    t_up = comm.transfer_time_s(up, pop.up_bps[ids], lat) + after * lat
     return t_down, t_comp, t_up, option
 
 
@@ -168,8 +176,9 @@ def phase_costs(
     (f_down, _, f_up), (d_down, d_comp, d_up) = full, done
     lat, net = pop.latency_s[ids], pop.network[ids]
     down, up, _, trips = payload(p, fitting_option(p, pop.memory_bytes[ids]) if p.secagg else np.zeros(0))
-    lat_down = lat * (3 if trips else 1)  # the key rounds' latencies carry no bytes either
-    lat_up = lat * (2 if trips else 1)
+    before, after = _trips_by_phase(trips)
+    lat_down = lat * (1 + before)  # the key rounds' latencies carry no bytes either
+    lat_up = lat * (1 + after)
     bytes_down = down * _fraction_sent(d_down, f_down, lat_down) * (f_down > 0)
     bytes_up = up * _fraction_sent(d_up, f_up, lat_up) * (f_up > 0)
     thr_down = pop.down_bps[ids] / MBIT

@@ -59,7 +59,7 @@ class Worker:
         self.personal0 = {k: v for k, v in self.lm.get_state().items() if not is_shared(k, self.s.peft)}
         # personalised evaluation needs each client's own held-out rows (a seeded 20% of a table client's)
         self.holdout = 0.2 if self.personal0 and self.s.server.client_eval_clients else 0.0
-        self._eval: tuple[np.ndarray, np.ndarray] | None = None
+        self._eval: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None  # ids, labels, task families
         self._secagg = None  # (round key, SecAggRound): the cohort's key material, built once per round
 
     def ready(self) -> tuple[str, str] | None:
@@ -160,12 +160,7 @@ class Worker:
 
     def evaluate(self, global_state: dict) -> float:
         """Eval loss of the global adapter on the held-out set."""
-        from fedsim.models.local import evaluate
-
-        self._check()
-        if self._eval is None:
-            self._eval = self.data.eval_set()
-        return evaluate(self.lm, self._full(global_state), *self._eval)
+        return self.evaluate_full(global_state)["eval_loss"]
 
     def evaluate_full(self, global_state: dict) -> dict:
         """Eval loss of the global adapter and the exact-match accuracy of its greedy answers, overall and per
@@ -173,13 +168,13 @@ class Worker:
         from fedsim.models.local import evaluate
 
         self._check()
-        if self._eval is None:
-            self._eval = self.data.eval_set()
+        if self._eval is None:  # read (and for synthetic data generated) once per worker
+            self._eval = (*self.data.eval_set(), self.data.eval_tasks())
+        ids, labels, tasks = self._eval
         correct: list = []
-        loss = evaluate(self.lm, self._full(global_state), *self._eval, exact=correct)
+        loss = evaluate(self.lm, self._full(global_state), ids, labels, exact=correct)
         hits = np.asarray(correct, dtype=float)
         out = {"eval_loss": loss, "exact_match": float(hits.mean()) if len(hits) else None}
-        tasks = self.data.eval_tasks()
         if tasks is not None and len(tasks) == len(hits):
             out["exact_match_by_task"] = {t: float(hits[tasks == t].mean()) for t in sorted(set(tasks.tolist()))}
         return out
