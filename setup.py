@@ -31,6 +31,7 @@ setup(
         "filelock>=3.12",
         "psutil>=5.9",
         "safetensors>=0.4",
+        "optuna>=4",  # `search: optuna` in a sweep: Optuna's TPE through Ray Tune's OptunaSearch (the issue asks for it)
         "dp-accounting>=0.4,<0.7",  # DP epsilon (fedsim.strategies.privacy): pure SciPy; reads its RDP curve
     ],
     extras_require={"dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100"]},

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from fedsim.rundir import RunResult
     from fedsim.scenario.schema import Scenario
+    from fedsim.sweeps.runner import SweepResult
 
 
 def run(scenario=None, overrides: dict[str, Any] | list[str] | None = None, out=None, overwrite: bool = False,
@@ -37,6 +38,15 @@ def estimate(scenario, overrides: dict[str, Any] | list[str] | None = None, out=
     from fedsim.estimator import estimate as _estimate
 
     return _estimate(scenario, overrides, out, overwrite=overwrite, quiet=quiet)
+
+
+def sweep(path, overrides: dict[str, Any] | list[str] | None = None, out=None, overwrite: bool = False,
+          quiet: bool = True) -> SweepResult:
+    """Run (or, into the same `out`, resume) a sweep file on Ray Tune; returns its table (sweep.parquet as a
+    DataFrame), directory and figures. See scenarios/sweeps/."""
+    from fedsim.sweeps.runner import sweep as _sweep
+
+    return _sweep(path, overrides, out, overwrite=overwrite, quiet=quiet)
 
 
 def validate(scenario, overrides: dict[str, Any] | list[str] | None = None) -> Scenario:

@@ -3,6 +3,7 @@
     fedsim run SCENARIO [--out DIR] [--set key=value ...] [--stop-after ROUND]
     fedsim run --resume RUN_DIR
     fedsim estimate SCENARIO [--out DIR] [--set key=value ...]
+    fedsim sweep SWEEP [--out DIR] [--set key=value ...] [--overwrite]
     fedsim cost SCENARIO --device CLASS [--network CLASS] [--gpus N --zero 3] [--json]
     fedsim validate SCENARIO [--set key=value ...]
     fedsim report RUN_DIR
@@ -47,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run directory")
     e.add_argument("--quiet", action="store_true", help="no summary table")
     e.add_argument("--report", action="store_true", help="also write report.html (as fedsim report does)")
+    w = sub.add_parser("sweep", help="run many federations (a grid or search over scenario keys and seeds) on "
+                                     "Ray Tune; re-running it resumes")
+    w.add_argument("sweep", help="sweep YAML file (see scenarios/sweeps/)")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a scenario key for every trial, e.g. --set server.rounds=3 (repeatable)")
+    w.add_argument("--out", help="sweep directory (default runs/sweeps/<sweep name>); the same sweep into the same "
+                                 "directory resumes it")
+    w.add_argument("--overwrite", action="store_true", help="replace a different sweep's directory")
+    w.add_argument("--quiet", action="store_true", help="no line per finished trial")
     c = scenario_cmd("cost", "one client's cost breakdown (model, memory, FLOPs, bytes, time, energy)")
     c.add_argument("--device", required=True, help="catalog device class, e.g. phone-flagship")
     c.add_argument("--network", help="catalog network class (default: the device's most common)")
@@ -143,6 +153,18 @@ def _check_resume(args: argparse.Namespace) -> None:
                                     "config.yaml in its own directory")
 
 
+def _on_ray(fn, *args, **kwargs):
+    """fn(*args, **kwargs) for a command that starts Ray; the CLI's own process then kills the local Ray at once
+    (see `entry`)."""
+    from fedsim.runtime.cluster import stop_local_ray
+
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if _FAST_EXIT and stop_local_ray():
+            _STOPPED_RAY.append(True)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     """Run one sub-command; returns its exit code."""
     if args.command in ("report", "compare"):
@@ -175,16 +197,17 @@ def _dispatch(args: argparse.Namespace) -> int:
                           report=args.report)
         print(result.run_dir)
         return 0
+    if args.command == "sweep":
+        from fedsim.sweeps.runner import sweep
+
+        result = _on_ray(sweep, args.sweep, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet)
+        print(result.out)
+        return 0
     _check_resume(args)
-    from fedsim.runtime.cluster import stop_local_ray
     from fedsim.runtime.engine import run, start_report
 
-    try:
-        result = run(args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet,
+    result = _on_ray(run, args.scenario, args.overrides, args.out, overwrite=args.overwrite, quiet=args.quiet,
                      resume=args.resume, stop_after=args.stop_after, report="off")
-    finally:
-        if _FAST_EXIT and stop_local_ray():
-            _STOPPED_RAY.append(True)
     start_report(result.run_dir, args.report)  # a detached process by default: the user is not held up
     print(result.run_dir)
     return 0

@@ -157,13 +157,16 @@ def _unreachable(address: str, target: str | None, reason) -> ConfigError:
 
 
 def pool_size(ray, spec: ClusterSpec, rt: RuntimeConfig) -> int:
-    """runtime.num_workers, or as many workers as the cluster's CPUs/GPUs hold."""
+    """runtime.num_workers, else as many workers as fit: inside a placement group (a sweep's trial, or any Ray Tune
+    trial that calls `run`) one per bundle that holds a worker's resources, never the whole cluster; otherwise as
+    many as the cluster's CPUs/GPUs hold."""
     if rt.num_workers:
         return rt.num_workers
+    need = {"CPU": spec.worker.num_cpus, "GPU": spec.worker.num_gpus}
+    group = ray.util.get_current_placement_group()
+    if group is not None:
+        fits = [b for b in group.bundle_specs if all(b.get(k, 0) >= v for k, v in need.items() if v > 0)]
+        return max(1, len(fits))
     res = ray.cluster_resources()
-    fits = []
-    if spec.worker.num_cpus > 0:
-        fits.append(math.floor(res.get("CPU", 1) / spec.worker.num_cpus))
-    if spec.worker.num_gpus > 0:
-        fits.append(math.floor(res.get("GPU", 0) / spec.worker.num_gpus))
+    fits = [math.floor(res.get(k, 0 if k == "GPU" else 1) / v) for k, v in need.items() if v > 0]
     return max(1, min(fits) if fits else 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,13 +102,15 @@ def run(
     resume: str | Path | None = None,
     stop_after: int | None = None,
     report: str = "inline",
+    on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Run a scenario in train mode and write its run directory (see README: outputs).
 
     `resume`: continue the run directory from its newest checkpoint (bit for bit: same rows, same adapter as an
     uninterrupted run). `stop_after`: stop (with a checkpoint) after that round, to resume later. `report`:
     "inline" writes report.html before returning, "background" hands it to a detached process (the CLI's
-    default: the user is not held up), "off" skips it (`fedsim report` writes it any time).
+    default: the user is not held up), "off" skips it (`fedsim report` writes it any time). `on_round` is called with each round's rounds.jsonl row
+    once the round is recorded (and checkpointed when due): a sweep reports it to Ray Tune.
     """
     t0 = time.perf_counter()
     timing = {"process_start": process_start_time(), "run_called": time.time()}
@@ -146,7 +149,7 @@ def run(
         last = min(s.server.rounds, stop_after or s.server.rounds)
         con.start(s.server.rounds, done=len(rows))
         plane = TrainPlane(s, run_dir, pool, schedule, data, pop, profile, adversaries, con, rows, totals, timing,
-                           initial, last)
+                           initial, last, on_round)
         try:
             run_rounds(schedule, plane, len(rows) + 1, last, profile, accountant_for(s, pop, profile))
         except (WorkerLost, ray.exceptions.RayError) as lost:

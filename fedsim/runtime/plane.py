@@ -18,7 +18,7 @@ class TrainPlane:
     due, record the round, checkpoint when due; keeps what an abort needs (the state before the round)."""
 
     def __init__(self, s: Scenario, run_dir: Path, pool, schedule, data, pop, profile, adversaries, con,
-                 rows: list, totals, timing: dict, initial: dict, last: int):
+                 rows: list, totals, timing: dict, initial: dict, last: int, on_round=None):
         from fedsim.strategies.base import Strategy
 
         self.s, self.run_dir, self.pool, self.schedule, self.data = s, run_dir, pool, schedule, data
@@ -28,6 +28,7 @@ class TrainPlane:
         self.sizes = data.sizes
         self.rnd, self.snapshot, self._results = 0, None, []
         self._ranks: dict[int, int | None] = {}  # the LoRA rank of each client trained this round
+        self.on_round = on_round  # called with each round's row once it is recorded (e.g. a sweep's Tune report)
 
     def before(self, rnd: int) -> None:
         """Keep the state before step `rnd`: what an abort checkpoints."""
@@ -103,6 +104,8 @@ class TrainPlane:
                                                 "initial": self.initial, "server_opt": self.pool.server_state(rnd)},
                             self.pool.version_states())
             self.pool.checkpointed(rnd)
+        if self.on_round is not None:
+            self.on_round(row)
 
 
 def resolved(pool, initial: dict) -> dict:

@@ -1,0 +1,229 @@
+"""Run a sweep on Ray Tune: every trial is a whole federation, in its own run directory.
+
+A trial's resources are a placement group: a head bundle pinned to the sweep driver's node (the trial's own
+process, which plans the rounds and opens its run directory there, so every run directory of the sweep is
+written on the driver's node) and one bundle per worker actor, sized by the cluster spec's `worker`. Ray Tune
+starts the trial's actors inside that group (child tasks are captured), so a federation never sizes itself from
+the whole cluster. A train-mode trial reports after every round, so a scheduler (ASHA) can stop it early.
+
+The sweep is resumable: Tune keeps its experiment state in OUT/tune, and running the same sweep into the same
+OUT again restores it; finished trials are not rerun, and an unfinished trial continues from its federation's
+newest checkpoint (`fedsim run --resume`), not from round 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # before Tune is imported: its console tables follow `verbose`
+from ray import tune  # noqa: E402 - the sweep's runtime: only `fedsim sweep` imports this module
+
+from fedsim.errors import ConfigError
+from fedsim.sweeps.config import SweepConfig, load_sweep
+
+STATE = "sweep.yaml"  # the resolved sweep in OUT: a second run of a different sweep into OUT is refused
+TUNE_DIR = "tune"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What `fedsim.sweep` returns: the table (one row per trial), where it and the figures are."""
+
+    table: Any  # pandas.DataFrame of sweep.parquet
+    out: Path
+    figures: list[Path]
+
+
+def sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = None, out: str | Path | None = None,
+          overwrite: bool = False, quiet: bool = False) -> SweepResult:
+    """Run (or resume) the sweep file `path` on Ray Tune and write OUT/sweep.parquet and OUT/figures/."""
+    from fedsim.scenario.load import load, load_cluster, parse_overrides
+
+    cfg = load_sweep(path, parse_overrides(overrides))
+    out = Path(out or Path("runs") / "sweeps" / cfg.name).resolve()
+    resuming = _open_out(out, cfg, overwrite)
+    spec = load_cluster(load(cfg.scenario, cfg.set).runtime.cluster)
+    from fedsim.runtime.cluster import init_ray
+
+    ray = init_ray(spec)
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # its resume hints name Tuner.restore: ours is the command
+    home = f"node:{ray.util.get_node_ip_address()}"
+    trainable = tune.with_resources(tune.with_parameters(_trial, sweep=_plain(cfg), out=str(out)),
+                                    _resources(cfg, spec.worker, home))
+    t0 = time.perf_counter()
+    if resuming and tune.Tuner.can_restore(str(out / TUNE_DIR)):
+        tuner = tune.Tuner.restore(str(out / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, param_space=_space(cfg), tune_config=_tune_config(cfg),
+                           run_config=tune.RunConfig(storage_path=str(out), name=TUNE_DIR, verbose=0,
+                                                     callbacks=[] if quiet else [_Progress()]))
+    grid = tuner.fit()
+    # Ctrl-C: Tune saved its state and returned early (its result grid then calls every trial terminated; the
+    # state it saved says which were still pending or running)
+    saved = tune.ExperimentAnalysis(str(out / TUNE_DIR)).trials
+    unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in saved)
+    if unfinished:
+        print(f"fedsim sweep: interrupted with {len(grid) - unfinished} of {len(grid)} trials finished; the same "
+              f"command resumes it", file=sys.stderr)
+        raise KeyboardInterrupt
+    from fedsim.sweeps.results import collect, draw
+
+    table = collect(cfg, grid, out)
+    figures = draw(cfg, table, out / "figures")
+    if not quiet:
+        done = int((table["status"] == "completed").sum())
+        print(f"fedsim sweep: {len(table)} trials ({done} completed) in {time.perf_counter() - t0:.0f} s -> "
+              f"{out / 'sweep.parquet'}")
+    return SweepResult(table, out, figures)
+
+
+def _open_out(out: Path, cfg: SweepConfig, overwrite: bool) -> bool:
+    """Prepare OUT; True if it holds this same sweep already (resume). A different sweep there, or a directory
+    that is not a sweep's, is refused unless --overwrite (which deletes only a sweep's directory)."""
+    state = out / STATE
+    text = yaml.safe_dump(_plain(cfg), sort_keys=True)
+    if out.exists() and any(out.iterdir()):
+        if not state.is_file():
+            raise ConfigError("--out", f"{out} exists, is not empty and holds no sweep; choose another directory")
+        if overwrite:
+            shutil.rmtree(out)
+        elif state.read_text() != text:
+            raise ConfigError("--out", f"{out} holds a different sweep (its {STATE} differs); use another --out, "
+                                       "or --overwrite to replace it")
+        else:
+            return True
+    out.mkdir(parents=True, exist_ok=True)
+    from fedsim.atomic import atomic_write_text
+
+    atomic_write_text(state, text)
+    return False
+
+
+def _plain(cfg: SweepConfig) -> dict[str, Any]:
+    """The sweep as plain data (for sweep.yaml and for the trials)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(SweepConfig).dump_python(cfg, mode="json")
+
+
+def _resources(cfg: SweepConfig, worker, home: str):
+    """One trial's placement group: its own process on the driver's node (no CPU in train mode: it mostly waits
+    on its workers; one CPU in estimate mode, where it is the whole work) and `trial.workers` worker bundles."""
+    head = {"CPU": 1.0 if cfg.mode == "estimate" else 0.0, home: 0.001}
+    bundle = {k: v for k, v in (("CPU", worker.num_cpus), ("GPU", worker.num_gpus)) if v}
+    workers = [] if cfg.mode == "estimate" else [bundle] * cfg.trial.workers
+    return tune.PlacementGroupFactory([head, *workers])
+
+
+def _space(cfg: SweepConfig) -> dict[str, Any]:
+    """Tune's param_space: grid keys and seeds as grid_search (categorical choices under a search algorithm,
+    which cannot enumerate a grid), random keys as Tune's sampling functions."""
+    searched = cfg.search != "none"
+    space: dict[str, Any] = {k: tune.choice(v) if searched else tune.grid_search(v) for k, v in cfg.grid.items()}
+    for key, spec in cfg.random.items():
+        (kind, args), = spec.items()
+        space[key] = tune.choice(args) if kind == "choice" else getattr(tune, kind)(*args)
+    if cfg.seeds:
+        space["seed"] = tune.choice(cfg.seeds) if searched else tune.grid_search(cfg.seeds)
+    return space
+
+
+def _tune_config(cfg: SweepConfig):
+    """Search algorithm (Tune's variant generator, seeded; or Optuna's TPE), scheduler (ASHA), concurrency."""
+    seed = int(yaml.safe_load(Path(cfg.scenario).read_text()).get("seed", 0) or 0)
+    if cfg.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search = OptunaSearch(metric=cfg.metric, mode=cfg.direction, seed=seed)
+        if cfg.trial.max_concurrent:
+            search = tune.search.ConcurrencyLimiter(search, max_concurrent=cfg.trial.max_concurrent)
+    else:  # (a search algorithm given to Tune keeps its own concurrency limit: 0 is none)
+        search = tune.search.BasicVariantGenerator(random_state=seed, max_concurrent=cfg.trial.max_concurrent)
+    scheduler = None
+    if cfg.scheduler.type == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        sc = cfg.scheduler
+        scheduler = ASHAScheduler(time_attr="round", metric=sc.metric, mode=sc.mode, grace_period=sc.grace_period,
+                                  reduction_factor=sc.reduction_factor, max_t=10**9)
+    # an estimate-mode trial lasts about a second: its process (numpy, pyarrow, the cost models imported) is reused
+    return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=cfg.num_samples,
+                           reuse_actors=cfg.mode == "estimate")
+
+
+def _trial(config: dict[str, Any], sweep: dict, out: str) -> None:
+    """One Tune trial: the base scenario with the sweep's fixed overrides and this trial's values, run in train
+    or estimate mode into OUT/trials/<trial id>; reports every round (train mode) and the summary at the end."""
+    from pydantic import TypeAdapter
+
+    sys.unraisablehook = _quiet_exit  # a trial stopped early (ASHA, Ctrl-C) leaves quietly
+    cfg = TypeAdapter(SweepConfig).validate_python(sweep)
+    reporter = _RoundReporter(cfg.metric)
+    run_dir = Path(out) / "trials" / tune.get_context().get_trial_id()
+    overrides = {**cfg.set, **config, "runtime.num_workers": cfg.trial.workers}
+    if cfg.mode == "estimate":
+        from fedsim.estimator import estimate
+
+        summary = estimate(cfg.scenario, overrides, run_dir, overwrite=True, quiet=True).summary
+    else:
+        from fedsim.runtime import checkpoint
+        from fedsim.runtime.engine import run
+
+        if checkpoint.newest_round(run_dir) is not None and not (run_dir / "summary.json").is_file():
+            summary = run(None, resume=run_dir, quiet=True, report="off", on_round=reporter).summary
+        else:
+            summary = run(cfg.scenario, overrides, run_dir, overwrite=True, quiet=True, report="off",
+                          on_round=reporter).summary
+    # the last report: what a scheduler compares (the newest losses) and what a search optimises (the summary)
+    tune.report({"round": summary["rounds"], **reporter.last, **scalars(summary),
+                 cfg.metric: summary.get(cfg.metric, math.nan)})
+
+
+def _quiet_exit(unraisable) -> None:
+    """Ray ends a stopped trial's process with SystemExit from its SIGTERM handler, which Python may report as an
+    'Exception ignored in ...' traceback on the driver's console; only that one is silenced."""
+    if not isinstance(unraisable.exc_value, SystemExit):
+        sys.__unraisablehook__(unraisable)
+
+
+class _RoundReporter:
+    """Reports each round's numbers to Tune: the round, its train loss and virtual time, the newest eval loss,
+    and the sweep's metric as far as it is known (for a final_* metric: its newest value)."""
+
+    def __init__(self, metric: str):
+        self.metric, self.last = metric, {"train_loss": math.nan, "eval_loss": math.nan}
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        for key in self.last:
+            if row.get(key) is not None and math.isfinite(row[key]):
+                self.last[key] = float(row[key])
+        report = {"round": row["round"], "sim_time_s": row["sim_time_s"], **self.last}
+        stem = self.metric.removeprefix("final_")
+        report[self.metric] = report.get(stem, row.get(stem, math.nan))
+        tune.report(report)
+
+
+def scalars(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary's single numbers, strings and flags (not its per-device tables or timeline)."""
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+class _Progress(tune.Callback):
+    """Prints one line per finished trial (Tune's own console tables are off)."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        values = ", ".join(f"{k}={v}" for k, v in trial.config.items())
+        print(f"fedsim sweep: trial {trial.trial_id} finished ({values})", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"fedsim sweep: trial {trial.trial_id} failed (its error is in sweep.parquet)", flush=True)

@@ -1,0 +1,72 @@
+"""Sweep files: parsed and checked before Ray starts; every value a trial can take is loaded as a scenario."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedsim.errors import ConfigError
+from fedsim.sweeps.config import load_sweep
+from fedsim.sweeps.results import figures_of
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = str(ROOT / "scenarios" / "quickstart.yaml")
+
+
+def _sweep(tmp_path, **body):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "scenario": BASE, **body}))
+    return path
+
+
+def test_shipped_sweeps_load_and_count_their_trials():
+    grid = load_sweep(ROOT / "scenarios" / "sweeps" / "stragglers-grid.yaml")
+    assert grid.num_trials() == 2 * 2 * 2 and grid.swept == ["server.clients_per_round", "server.deadline_s", "seed"]
+    assert grid.scenario == str(ROOT / "scenarios" / "stragglers.yaml")  # relative to the sweep file
+    budget = load_sweep(ROOT / "scenarios" / "sweeps" / "budget-grid.yaml")
+    assert budget.mode == "estimate" and budget.num_trials() == 5 * 5 * 2 * 4 >= 200
+
+
+def test_a_search_runs_num_samples_trials(tmp_path):
+    cfg = load_sweep(_sweep(tmp_path, grid={"peft.r": [4, 8]}, random={"training.lr": {"loguniform": [1e-4, 1e-2]}},
+                            search="optuna", num_samples=5))
+    assert cfg.num_trials() == 5
+
+
+@pytest.mark.parametrize("body, key, words", [
+    ({"grid": {"server.clients_per_round": [4, 0]}}, "server.clients_per_round", "server.clients_per_round=0"),
+    ({"grid": {"server.no_such_key": [1]}}, "server", "no_such_key"),
+    ({"random": {"training.lr": {"loguniform": [-1, 0.1]}}}, "training.lr", "training.lr=-1"),
+    ({"random": {"training.lr": {"normal": [0, 1]}}}, "random.training.lr", "expected one of"),
+    ({"random": {"training.lr": {"uniform": [0.1]}}}, "random.training.lr.uniform", "takes 2 numbers"),
+    ({"grid": {"peft.r": []}}, "grid.peft.r", "at least one value"),
+    ({"grid": {"peft.r": [4]}, "set": {"peft.r": 8}}, "peft.r", "both fixed"),
+    ({"grid": {"seed": [1, 2]}}, "seeds", "seeds: [...]"),
+    ({"set": {"runtime.num_workers": 2}}, "runtime.num_workers", "trial.workers"),
+    ({"mode": "estimate", "scheduler": {"type": "asha"}}, "scheduler", "estimate-mode"),
+    ({"grid": {"peft.r": [4]}, "figures": [{"x": "training.lr", "y": "bytes_up"}]}, "figures", "not a swept key"),
+    ({"scheduler": {"type": "hyperband"}}, "scheduler.type", "asha"),
+    ({"trial": {"workers": 0}}, "trial.workers", "greater than 0"),
+    ({"metric": "final_eval_los"}, "metric", "final_eval_loss"),
+])
+def test_bad_sweeps_name_the_key(tmp_path, body, key, words):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(_sweep(tmp_path, **body))
+    assert err.value.path.startswith(key) and words in str(err.value), str(err.value)
+
+
+def test_missing_scenario_and_missing_file(tmp_path):
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("grid: {peft.r: [4]}\n")
+    with pytest.raises(ConfigError, match="scenario"):
+        load_sweep(bare)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_sweep(tmp_path / "nope.yaml")
+
+
+def test_default_figures_draw_the_metric_time_bytes_and_energy_against_each_swept_key(tmp_path):
+    cfg = load_sweep(_sweep(tmp_path, grid={"peft.r": [4, 8], "server.clients_per_round": [2, 4]}, seeds=[0, 1]))
+    figs = figures_of(cfg)
+    assert {(f.x, f.hue) for f in figs} == {("peft.r", "server.clients_per_round"),
+                                            ("server.clients_per_round", "peft.r")}
+    assert [f.y for f in figs[:4]] == ["final_eval_loss", "sim_time_s", "bytes_up", "energy_kwh"]
