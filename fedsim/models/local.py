@@ -49,6 +49,53 @@ class LocalModel:
             for n, p in zip(self.names, self.params):
                 p.copy_(torch.from_numpy(np.array(state[n], dtype=np.float32)))  # a copy: object-store arrays are read-only
 
+    def local_step(self, cfg: TrainingConfig, state: dict[str, np.ndarray]) -> TorchStep:
+        """Start one client's local training from `state`: the plain engine, a fresh torch optimizer."""
+        return TorchStep(self, cfg, state)
+
+    def gathered(self):
+        """A context in which every parameter holds its full value (ZeRO-3 partitions them; here: always)."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class TorchStep:
+    """The plain engine's optimizer step: loss + extra terms, backward, gradient shift, a torch optimizer step.
+
+    One per client (`LocalModel.local_step`): AdamW or SGD per `cfg.optimizer`, created fresh, so no optimizer
+    state carries over from one client to the next. `fedsim.models.deepspeed_step.DeepSpeedModel` runs the same
+    steps through a DeepSpeed engine.
+    """
+
+    def __init__(self, lm: LocalModel, cfg: TrainingConfig, state: dict[str, np.ndarray]):
+        import torch
+
+        lm.set_state(state)
+        self.lm = lm
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.SGD
+        self.opt = opt_cls(lm.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def weights(self) -> list:
+        """The trained tensors as the objective sees them (name order): the live parameters."""
+        return self.lm.params
+
+    def loss(self, input_ids, labels):
+        """The task loss of one batch."""
+        return self.lm.model(input_ids=input_ids, labels=labels).loss
+
+    def step(self, loss, extra=None, shift: list | None = None) -> None:
+        """Backward of loss + the terms `extra(weights)` returns, add `shift` (one tensor per parameter) to the
+        gradients, one optimizer step."""
+        objective = loss
+        for term in extra(self.lm.params) if extra is not None else []:
+            objective = objective + term
+        objective.backward()
+        for p, c in zip(self.lm.params, shift or []):
+            p.grad.add_(c.to(p.grad.dtype))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
 
 def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32", checkpointing: bool = False) -> LocalModel:
     """Load the base model ONCE and wrap it with the scenario's LoRA config (adapter initialised by peft).
@@ -111,30 +158,30 @@ def train_client(
     dispatch of the same client sees the same batches on any worker, and two dispatches of one client (async)
     do not repeat each other's draws. `proximal_mu` > 0 adds FedProx's proximal term to the objective (the
     reported loss is the task loss alone). `correction` (SCAFFOLD: c - c_i per parameter, Karimireddy et al.
-    2020, Algorithm 1 line 10) is added to every gradient before the optimizer step. `regularizer()` (a torch
-    scalar, e.g. HetLoRA's penalty on the client's top ranks) is added to the objective.
+    2020, Algorithm 1 line 10) is added to every gradient before the optimizer step. `regularizer(weights)` (a
+    torch scalar of the trained tensors in name order, e.g. HetLoRA's penalty on the client's top ranks) is added
+    to the objective. The step itself is `lm.local_step`'s: the plain torch engine, or DeepSpeed's
+    (`fedsim.models.deepspeed_step`), which runs the same batches, seeds and terms.
     """
     import torch
 
     torch.manual_seed(seed_int(seed, "torch", dispatch, client))
-    lm.set_state(global_state)
-    anchors = [p.detach().clone() for p in lm.params] if proximal_mu > 0 else []
+    step = lm.local_step(cfg, global_state)  # the global weights loaded, a fresh optimizer
+    anchors = [w.detach().clone() for w in step.weights()] if proximal_mu > 0 else []
     shift = [lm.batch_f32(correction[n]) for n in lm.names] if correction is not None else []
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.SGD
-    opt = opt_cls(lm.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def extra(weights: list) -> list:
+        """The terms added to the task loss: FedProx's proximal term, HetLoRA's self-pruning term on the
+        client's top ranks."""
+        terms = [proximal_term(weights, anchors, proximal_mu)] if proximal_mu > 0 else []
+        return terms + [regularizer(weights)] if regularizer is not None else terms
+
     order = batch_order(len(input_ids), cfg, seed, dispatch, client)
     lm.model.train()
     losses = []
     for idx in order:
-        loss = lm.model(input_ids=lm.batch(input_ids[idx]), labels=lm.batch(labels[idx])).loss
-        objective = loss + proximal_term(lm.params, anchors, proximal_mu) if proximal_mu > 0 else loss
-        if regularizer is not None:  # HetLoRA's self-pruning term on the client's top ranks
-            objective = objective + regularizer()
-        objective.backward()
-        for p, c in zip(lm.params, shift):
-            p.grad.add_(c.to(p.grad.dtype))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = step.loss(lm.batch(input_ids[idx]), lm.batch(labels[idx]))
+        step.step(loss, extra if proximal_mu > 0 or regularizer is not None else None, shift)
         losses.append(float(loss.detach()))
     new = lm.get_state()
     delta = {k: new[k] - np.asarray(global_state[k], dtype=np.float32) for k in new}

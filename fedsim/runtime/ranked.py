@@ -100,8 +100,8 @@ class RankedLoRA:
         return out
 
     def regularizer(self, rank: int | None):
-        """HetLoRA's self-pruning penalty lambda x sum_modules ||B_tail A_tail||_F on the live parameters (None when
-        pruning is off or the client is at the smallest rank)."""
+        """HetLoRA's self-pruning penalty lambda x sum_modules ||B_tail A_tail||_F, a function of the trained
+        tensors in name order (None when pruning is off or the client is at the smallest rank)."""
         p = self.s.peft
         rank = rank or p.r
         lo = self._tail(rank)
@@ -109,11 +109,12 @@ class RankedLoRA:
             return None
         import torch
 
-        index = dict(zip(self.lm.names, self.lm.params))
-        pairs = [(index[a], index[b]) for _, a, b in modules(self.adapter0)]
+        position = {n: i for i, n in enumerate(self.lm.names)}
+        pairs = [(position[a], position[b]) for _, a, b in modules(self.adapter0)]
 
-        def penalty():
-            return p.pruning_lambda * sum(torch.linalg.matrix_norm(b[:, lo:rank] @ a[lo:rank]) for a, b in pairs)
+        def penalty(weights: list):  # the trained tensors in name order (the live parameters, or their copies)
+            return p.pruning_lambda * sum(torch.linalg.matrix_norm(weights[b][:, lo:rank] @ weights[a][lo:rank])
+                                          for a, b in pairs)
 
         return penalty
 

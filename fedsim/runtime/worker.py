@@ -56,6 +56,10 @@ class Worker:
         self.lm = load_local_model(
             model_dir, self.s.peft, self.s.runtime.train_dtype, self.s.training.gradient_checkpointing
         )
+        if self.s.runtime.engine == "deepspeed":  # one engine per worker, reused by every client it trains
+            from fedsim.models.deepspeed_step import deepspeed_model
+
+            self.lm = deepspeed_model(self.lm, self.s)
         self.data = DataReader(data_spec)
         from fedsim.models.shapes import is_shared
 
@@ -260,7 +264,7 @@ class Worker:
         self._check()
         # a dense global (FlexLoRA, FLoRA) is saved as its best rank-r approximation
         self.lm.set_state(self.ranked.export(global_state) if self.ranked.dense else self._full(global_state))
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, self.lm.gathered():  # ZeRO-3: the whole tensors
             self.lm.model.save_pretrained(tmp)
             files = {str(p.relative_to(tmp)): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
         if "adapter_config.json" in files:  # peft writes target_modules from a set: its order follows the hash seed

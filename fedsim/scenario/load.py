@@ -262,10 +262,12 @@ def _check_strategy(s: Scenario) -> None:
         raise ConfigError("server.clip_norm", "the server cannot clip updates it only sees masked (secure "
                                               "aggregation); use privacy.dp.clip_norm, applied by the clients")
     from fedsim.costs import ranks
+    from fedsim.models import deepspeed_step
     from fedsim.strategies import fedkseed
 
     ranks.check(s)
     fedkseed.check(s)
+    deepspeed_step.check(s)
 
 
 def load_cluster(name: str) -> ClusterSpec:

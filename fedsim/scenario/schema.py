@@ -287,6 +287,23 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True, config=_CFG)
+class DeepSpeedConfig:
+    """runtime.engine deepspeed: how each worker's DeepSpeed engine holds the model (`fedsim.models.deepspeed_step`).
+
+    Every worker is a DeepSpeed world of one rank, so ZeRO partitions over one rank: the stage and the offloads
+    choose where the states live and which DeepSpeed code path trains, not how much one rank holds."""
+
+    # 0: plain data parallel; 1: optimizer states partitioned (fp32 masters kept by the ZeRO optimizer); 2: and
+    # gradients; 3: and parameters (the frozen base too, partitioned once per worker and gathered layer by layer)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: Literal["none", "cpu"] = "none"  # ZeRO-Offload: optimizer states and step on the CPU (1-3)
+    offload_param: Literal["none", "cpu"] = "none"  # parameters held in CPU memory (ZeRO stage 3 only)
+    # ZeRO-3: tensors of at most this many elements stay whole after their first use (DeepSpeed's
+    # stage3_param_persistence_threshold, its default); 0 partitions every tensor, as a large model's would be
+    persistence_threshold: NonNegInt = 100_000
+
+
+@dataclass(frozen=True, config=_CFG)
 class RuntimeConfig:
     """Physical plane: the Ray actor pool."""
 
@@ -307,6 +324,10 @@ class RuntimeConfig:
     # Fault injection: these clients' tasks raise on the worker every time (to see a run book them failed and go
     # on, as a deployment must when one client's data or code path keeps failing)
     fail_clients: tuple[NonNegInt, ...] = ()
+    # The local step's engine: torch (a torch optimizer loop) or deepspeed (deepspeed.initialize once per worker,
+    # with runtime.deepspeed's ZeRO stage and offloads; float32: the same results within float rounding)
+    engine: Literal["torch", "deepspeed"] = "torch"
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
 
 
 @dataclass(frozen=True, config=_CFG)
