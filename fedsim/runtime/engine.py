@@ -197,6 +197,9 @@ def _abort(run_dir: Path, pool, rnd: int, before: tuple, initial: dict, lost: Ex
     from fedsim.runtime.pool import WorkerLost
 
     schedule_state, versions, totals = before
+    load = pool.load_error()  # a worker that could not load is the cause of whatever failed after it
+    if load and load[0]:
+        raise ConfigError(*load)
     try:
         pool.flush()
         initial = resolved(pool, initial)
@@ -208,7 +211,7 @@ def _abort(run_dir: Path, pool, rnd: int, before: tuple, initial: dict, lost: Ex
             raise  # fedsim's own inconsistency, not a lost process: say so
         newest = checkpoint.newest_round(run_dir)
         where = None if newest is None else f"round {newest}"
-    what = str(lost) if isinstance(lost, WorkerLost) else one_line(lost)
+    what = load[1] if load else str(lost) if isinstance(lost, WorkerLost) else one_line(lost)
     if where is None:
         return RunAborted(f"round {rnd}: {what}; no checkpoint could be written: rerun the scenario")
     return RunAborted(f"round {rnd}: {what}; nothing of round {rnd} was applied. Continue from the checkpoint "

@@ -18,6 +18,7 @@ from fedsim.client_round import ClientResult, ClientTask, SecAggTask
 from fedsim.errors import ConfigError, one_line
 from fedsim.runtime.aggregator import Aggregator
 from fedsim.runtime.cluster import worker_env
+from fedsim.runtime.shipping import Shipped, should_ship
 from fedsim.runtime.worker import Worker, WorkerUnusable
 from fedsim.scenario.schema import ClusterSpec
 
@@ -60,7 +61,11 @@ class Pool:
         actor = ray.remote(Worker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
                                            max_restarts=rt["worker_restarts"],
                                            max_task_retries=rt["task_retries"] if rt["worker_restarts"] else 0, **env)
-        self.workers = [actor.remote(scenario, model_dir, data_spec) for _ in range(n)]
+        # nodes that share no filesystem with the driver get the model and data through the object store
+        alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+        self.shipped = Shipped.of(ray, model_dir, data_spec) if should_ship(
+            rt["ship_files"], alive, bool(spec.address)) else None
+        self.workers = [actor.remote(scenario, model_dir, data_spec, self.shipped) for _ in range(n)]
         self.ready_refs = [w.ready.remote() for w in self.workers]  # asked now, read after round 1
         self.recorded: list = []  # the ledger writes not yet confirmed
         self.window = n * rt["max_inflight_per_worker"]
@@ -94,6 +99,20 @@ class Pool:
             if isinstance(cause, ConfigError):
                 raise ConfigError(cause.path, cause.message) from None
             raise
+
+    def load_error(self, timeout: float = 5.0) -> tuple[str, str] | None:
+        """(key path, message) of the first worker that answered that it could not load (a path missing on its
+        node, out of memory, a bad model directory), or None: what a failed round reports instead of the
+        aggregator or task failure it caused."""
+        done, _ = self.ray.wait(self.ready_refs, num_returns=len(self.ready_refs), timeout=timeout)
+        for ref in done:
+            try:
+                err = self.ray.get(ref)
+            except self.ray.exceptions.RayError:
+                continue  # that process is gone: nothing to say about its loading
+            if err:
+                return err
+        return None
 
     def check_ready(self) -> None:
         """Raise the first worker's load error (bad model directory, unknown target module) as a ConfigError."""

@@ -31,9 +31,13 @@ class Worker:
     reported by `ready()` as one line, instead of killing the actor with a traceback.
     """
 
-    def __init__(self, scenario: dict, model_dir: str, data_spec):
+    def __init__(self, scenario: dict, model_dir: str, data_spec, shipped=None):
         self.error: tuple[str, str] | None = None  # (key path, message); key "" for a runtime failure
         try:
+            if shipped is not None:  # another node's paths: this node's copies (fedsim.runtime.shipping)
+                import ray
+
+                model_dir, data_spec = shipped.local(ray, data_spec)
             self._load(scenario, model_dir, data_spec)
         except ConfigError as exc:
             self.error = (exc.path, exc.message)

@@ -315,6 +315,10 @@ class RuntimeConfig:
     # on CPUs (bf16 matmuls are ~2x slower there); use bfloat16 on GPU workers.
     train_dtype: Dtype = "float32"
     checkpoint_every: NonNegInt = 5  # rounds between checkpoints (0: only when the invocation ends)
+    # How workers on other nodes get the base model and the tokenized data: through Ray's object store (each
+    # node unpacks one copy into its own cache) when Ray has several nodes or fedsim joined a cluster ("auto"),
+    # always, or never (every node has the driver's paths: the same image, NFS). fedsim.runtime.shipping
+    ship_files: Literal["auto", "always", "never"] = "auto"
     # A worker actor whose process dies is restarted by Ray up to worker_restarts times, and each client task it
     # held is rerun up to task_retries times (Ray's max_restarts / max_task_retries): a rerun trains the same
     # client from the same version with the same streams, so the run is identical to an unfaulted one. Beyond
