@@ -34,6 +34,7 @@ setup(
         "optuna>=4",  # `search: optuna` in a sweep: Optuna's TPE through Ray Tune's OptunaSearch (the issue asks for it)
         "dp-accounting>=0.4,<0.7",  # DP epsilon (fedsim.strategies.privacy): pure SciPy; reads its RDP curve
     ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100"]},
+    # gpu: a quantized (NF4/int8, QLoRA) base on CUDA workers (runtime.base_quantization); CUDA-only wheels
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100"], "gpu": ["bitsandbytes>=0.43"]},
     entry_points={"console_scripts": ["fedsim=fedsim.cli:entry"]},
 )

@@ -57,6 +57,11 @@ def check(s: Scenario) -> None:
         raise ConfigError("runtime.deepspeed.offload_optimizer", "optimizer offload (ZeRO-Offload) needs ZeRO stage "
                                                                  "1, 2 or 3 (zero_stage is 0)")
     check_dtype(s.runtime.train_dtype, ds.zero_stage)
+    base_q = s.model.quantization if s.runtime.base_quantization == "model" else s.runtime.base_quantization
+    if base_q != "none":
+        raise ConfigError("runtime.base_quantization", f"a {base_q} bitsandbytes base is not trained through "
+                                                       "DeepSpeed here (ZeRO partitions float tensors); use "
+                                                       "runtime.engine torch for QLoRA")
     if s.server.strategy == "fedkseed":
         raise ConfigError("runtime.engine", "FedKSeed's clients take forward-only zeroth-order steps without an "
                                             "optimizer: DeepSpeed has no step to run (use runtime.engine torch)")

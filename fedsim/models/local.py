@@ -7,13 +7,16 @@ Adapter state travels as {parameter name: float32 numpy array}; a client returns
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedsim.rng import seed_int, stream
 from fedsim.scenario.schema import PeftConfig, TrainingConfig
 
-_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+if TYPE_CHECKING:
+    from fedsim.models.device import Placement
+
 
 
 @dataclass
@@ -97,30 +100,42 @@ class TorchStep:
         self.opt.zero_grad(set_to_none=True)
 
 
-def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32", checkpointing: bool = False) -> LocalModel:
+def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32", checkpointing: bool = False,
+                     where: Placement | None = None) -> LocalModel:
     """Load the base model ONCE and wrap it with the scenario's LoRA config (adapter initialised by peft).
 
-    On a GPU worker (Ray sets CUDA_VISIBLE_DEVICES for actors that reserve `num_gpus`) the model lives on the GPU.
+    `where` (fedsim.models.device.Placement: device, dtype, quantized base) decides where it trains; without it,
+    on the GPU when one is visible (Ray sets CUDA_VISIBLE_DEVICES for actors that reserve `num_gpus`), in
+    `dtype` ("auto": bfloat16 on a GPU that has it, float32 otherwise). On a GPU, torch's deterministic
+    algorithms are on: 1 and N workers give the same bits there too.
     """
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from fedsim.models.device import deterministic, load_kwargs, placement_for
     from fedsim.models.shapes import freeze_for_federation, peft_config
 
+    where = where or placement_for(dtype)
+    if where.device == "cuda":
+        deterministic()
     torch.manual_seed(0)  # peft's LoRA A init: the same initial global adapter in every process
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, _TORCH_DTYPES[dtype]))
-    if checkpointing:
+    base = AutoModelForCausalLM.from_pretrained(model_dir, **load_kwargs(where))
+    if where.quantization != "none":  # QLoRA: norms in float32, inputs require grad for checkpointing
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
         if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(base, peft_config(peft_cfg))
     freeze_for_federation(model, peft_cfg)  # FFA-LoRA: A stays at its seeded initialisation, identical everywhere
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    if where.quantization == "none":  # a bitsandbytes base is placed on its GPU as it loads
+        model.to(where.device)
     named = sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
-    return LocalModel(model, [n for n, _ in named], [p for _, p in named], device)
+    return LocalModel(model, [n for n, _ in named], [p for _, p in named], where.device)
 
 
 def proximal_term(params: list, anchors: list, mu: float):

@@ -180,6 +180,7 @@ def run(
         "startup_s": timing["first_dispatch"] - timing["process_start"] if "first_dispatch" in timing else None,
         "timeline": timing,  # epoch seconds: process start, run() called, first dispatch / round, last round
         "num_workers": n,
+        **plane.placement,  # train_device, train_dtype, base_quantization
         "initial_global_sha": initial["sha"],
         **profile.facts(),
         "per_device": totals.table(pop, profile),

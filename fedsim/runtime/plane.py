@@ -28,6 +28,7 @@ class TrainPlane:
         self.sizes = data.sizes
         self.rnd, self.snapshot, self._results = 0, None, []
         self._ranks: dict[int, int | None] = {}  # the LoRA rank of each client trained this round
+        self.placement: dict[str, str] = {}  # what the workers train with (summary.json), known after round 1
         self.on_round = on_round  # called with each round's row once it is recorded (e.g. a sweep's Tune report)
 
     def before(self, rnd: int) -> None:
@@ -56,7 +57,9 @@ class TrainPlane:
                                       self.schedule.min_live_version(), secagg)
         if "first_round" not in self.timing:
             self.timing["first_round"] = time.time()
-            self.pool.check_ready()  # every worker loaded (one may have had no task yet)
+            self.placement, notes = self.pool.check_ready()  # every worker loaded (one may have had no task yet)
+            for note in notes:  # e.g. a quantized base asked for on CPU workers
+                self.con.log(f"workers: {note}")
             self.timing["workers_ready"] = time.time()
         self.initial = resolved(self.pool, self.initial)
         self._results = stats["results"]

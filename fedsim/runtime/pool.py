@@ -114,13 +114,15 @@ class Pool:
                 return err
         return None
 
-    def check_ready(self) -> None:
-        """Raise the first worker's load error (bad model directory, unknown target module) as a ConfigError."""
+    def check_ready(self) -> tuple[dict[str, str], tuple[str, ...]]:
+        """Raise the first worker's load error (bad model directory, unknown target module) as a ConfigError;
+        then (what the first worker trains with, what it could not honour): `Worker.placement`."""
         for err in self.ray.get(self.ready_refs):
             if err and err[0]:
                 raise ConfigError(*err)
             if err:
                 raise RuntimeError(err[1])
+        return self.ray.get(self.workers[0].placement.remote())
 
     def train_round(self, rnd: int, tasks: list[ClientTask], weights: list[float], keep_versions_from: int,
                     secagg: SecAggTask | None = None) -> dict[str, Any]:

@@ -57,9 +57,12 @@ class Worker:
         self.s: Scenario = resolved(scenario)
         torch.set_num_threads(self.s.runtime.threads_per_worker)
         # (the target modules were checked on the meta-device model before Ray started: fedsim.models.shapes)
-        self.lm = load_local_model(
-            model_dir, self.s.peft, self.s.runtime.train_dtype, self.s.training.gradient_checkpointing
-        )
+        from fedsim.models.device import local_placement
+
+        # device, dtype and quantized base for the hardware this worker sees (fedsim.models.device)
+        self.where = local_placement(self.s.runtime, self.s.model)
+        self.lm = load_local_model(model_dir, self.s.peft, checkpointing=self.s.training.gradient_checkpointing,
+                                   where=self.where)
         if self.s.runtime.engine == "deepspeed":  # one engine per worker, reused by every client it trains
             from fedsim.models.deepspeed_step import deepspeed_model
 
@@ -89,6 +92,12 @@ class Worker:
             raise ConfigError(*self.error)
         if self.error:
             raise WorkerUnusable(self.error[1])
+
+    def placement(self) -> tuple[dict[str, str], tuple[str, ...]]:
+        """What this worker trains with (summary.json's train_device, train_dtype, base_quantization) and what
+        of the scenario it could not honour, one line each (said once by the driver)."""
+        self._check()
+        return self.where.facts(), self.where.notes
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """The adapter as peft initialised it (identical on every worker: seeded)."""

@@ -311,9 +311,14 @@ class RuntimeConfig:
     threads_per_worker: PosInt = 1
     cluster: str = "local"  # "local" or a path to a cluster YAML (see clusters/)
     max_inflight_per_worker: PosInt = 2
-    # dtype the proxy model actually trains in; model.dtype is what the cost models book. float32 is fastest
-    # on CPUs (bf16 matmuls are ~2x slower there); use bfloat16 on GPU workers.
-    train_dtype: Dtype = "float32"
+    # Where and how the proxy model trains (fedsim.models.device; model.dtype and model.quantization are what
+    # the cost models book): auto = CUDA when the worker sees a GPU (reserve one with the cluster spec's worker
+    # num_gpus, fractions included); auto dtype = bfloat16 on a GPU that has it, else float32 (CPUs run bf16
+    # matmuls ~2x slower); a quantized base (bitsandbytes, CUDA only; "model": model.quantization). What a
+    # worker cannot honour (a quantized base on a CPU) falls back with one line saying so.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    train_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    base_quantization: Literal["none", "int8", "nf4", "model"] = "none"
     checkpoint_every: NonNegInt = 5  # rounds between checkpoints (0: only when the invocation ends)
     # How workers on other nodes get the base model and the tokenized data: through Ray's object store (each
     # node unpacks one copy into its own cache) when Ray has several nodes or fedsim joined a cluster ("auto"),

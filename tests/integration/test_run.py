@@ -45,7 +45,8 @@ def runs(tmp_path_factory):
         out["stopped"] = stop.summary
         out["resumed"] = fedsim.run(resume=stop.run_dir, quiet=True)
         for name, workers, over in (("async1", 1, ASYNC), ("async2", 2, ASYNC), ("topk", 2, TOPK),
-                                    ("local", 2, _local_model_and_file(tmp_path_factory.mktemp("data"))),
+                                    ("local", 2, {**_local_model_and_file(tmp_path_factory.mktemp("data")),
+                                                  "runtime.base_quantization": "nf4"}),  # CPU: falls back
                                     ("million", 2, MILLION), ("adam", 2, {**ASYNC, **ADAM}),
                                     ("median", 2, {"server.aggregation": "median"})):
             out[name] = fedsim.run(TINY, {"runtime.num_workers": workers, **over},
@@ -326,6 +327,9 @@ def test_local_model_directory_and_jsonl_dataset(runs):
     assert res.summary["final_eval_loss"] < res.summary["initial_eval_loss"]
     clients = pd.read_parquet(res.run_dir / "clients.parquet")
     assert clients.trained.sum() > 0 and (clients.num_samples > 0).all()
+    # an NF4 base needs bitsandbytes on a GPU: these CPU workers trained the float32 base, and say so
+    assert {k: res.summary[k] for k in ("train_device", "train_dtype", "base_quantization")} == \
+        {"train_device": "cpu", "train_dtype": "float32", "base_quantization": "none"}
 
 
 def test_stop_and_resume_continues_bit_for_bit(runs):
