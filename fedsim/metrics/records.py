@@ -61,6 +61,7 @@ def round_row(plan: RoundPlan, stats: dict[str, Any], eval_loss: float | None, w
         "staleness_max": int(c["staleness"][used].max()) if used.any() else None,
         "quarantined": int(stats.get("quarantined", 0)),
         "task_reruns": int(stats.get("task_reruns", 0)),  # reruns of tasks that raised (failed_clients: gave up)
+        "worker_restarts": int(stats.get("worker_restarts", 0)),  # worker processes Ray restarted (their tasks rerun)
         "clipped": int(stats.get("clipped", 0)),
         "robust_fallback": bool(stats.get("robust_fallback", False)),
         "secagg_aborted": bool(stats.get("secagg_aborted", False)),

@@ -46,6 +46,22 @@ def _cause(exc: BaseException) -> BaseException:
     return getattr(exc, "cause", None) or exc
 
 
+def _home(ray):
+    """Where the aggregator goes: this process's node. Inside a placement group whose first bundle is on this
+    node (a sweep's trial: its own bundle, pinned to the sweep driver's node) that bundle, so the trial's
+    aggregator is one of the trial's resources; otherwise pinned to the node by affinity."""
+    from ray.util.scheduling_strategies import (
+        NodeAffinitySchedulingStrategy,
+        PlacementGroupSchedulingStrategy,
+    )
+
+    here = ray.get_runtime_context().get_node_id()
+    group = ray.util.get_current_placement_group()
+    if group is not None and ray.util.placement_group_table(group)["bundles_to_node_id"].get(0) == here:
+        return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0)
+    return NodeAffinitySchedulingStrategy(here, soft=False)
+
+
 class Pool:
     """N worker actors plus the aggregator actor of one run."""
 
@@ -69,19 +85,17 @@ class Pool:
         self.ready_refs = [w.ready.remote() for w in self.workers]  # asked now, read after round 1
         self.recorded: list = []  # the ledger writes not yet confirmed
         self.window = n * rt["max_inflight_per_worker"]
+        self.pids: list[int] = [0] * n  # each worker's process as last seen: a new one means Ray restarted it
         self.task_retries = rt["task_retries"]  # also for a task that raises (booked failed after)
         peft = scenario["peft"]
         # clients with state in the store: SCAFFOLD's c_i, FedSA-LoRA's personal B
         self.stateful = scenario["server"]["strategy"] == "scaffold" or \
             (peft["method"] == "lora" and peft["federation"] == "fedsa")
         versions = resume[0] if resume else {0: self.workers[0].initial_state.remote()}
-        here = ray.get_runtime_context().get_node_id()
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         # The aggregator writes the run directory, so it lives on the driver's node; it needs no CPU of its own.
         self.aggregator = (
             ray.remote(Aggregator)
-            .options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False), **env)
+            .options(num_cpus=0, scheduling_strategy=_home(ray), **env)
             .remote(run_dir, versions[max(versions)], scenario, resume[1] if resume else None,
                     resume[2] if resume else None, max(versions))
         )
@@ -139,6 +153,7 @@ class Pool:
         previous = _previous_same_client(tasks) if stateful else [-1] * len(tasks)
         load = [0] * len(self.workers)
         tries: dict[int, int] = {}  # reruns of tasks that raised
+        restarts = 0  # worker processes Ray restarted, seen by a result from a new process
         pending: dict[Any, tuple[int, int, Any]] = {}
         unfinished: set[int] = set()
         put = 0  # every task before this one has been handed to the aggregator
@@ -172,6 +187,9 @@ class Pool:
                     raise WorkerLost(tasks[seq], one_line(exc)) from None
                 if (result.client, result.dispatch) != (tasks[seq].client, tasks[seq].dispatch):
                     raise WorkerLost(tasks[seq], f"got the result of client {result.client} instead")
+                if result.worker_pid:
+                    restarts += bool(self.pids[w]) and self.pids[w] != result.worker_pid
+                    self.pids[w] = result.worker_pid
                 unfinished.discard(seq)
                 agg.put.remote(seq, weights[seq], result, update)
                 handed.add(seq)
@@ -183,7 +201,8 @@ class Pool:
         self.global_ref, stats_ref = agg.finish.options(num_returns=2).remote()
         self.versions[rnd] = self.global_ref
         self.versions = {v: ref for v, ref in self.versions.items() if v >= keep_versions_from or v == rnd}
-        stats = {**self.ray.get(stats_ref), "task_reruns": sum(min(t, self.task_retries) for t in tries.values())}
+        stats = {**self.ray.get(stats_ref), "task_reruns": sum(min(t, self.task_retries) for t in tries.values()),
+                 "worker_restarts": restarts}
         if stats["received"] != len(tasks) and tasks:  # defensive: every dispatched update must be accounted for
             raise WorkerLost(tasks[-1], f"{len(tasks) - stats['received']} update(s) never reached the aggregator")
         return stats

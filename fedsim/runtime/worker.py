@@ -106,6 +106,14 @@ class Worker:
 
     def train(self, task: ClientTask, global_state: dict, client_state: dict | None = None
               ) -> tuple[ClientResult, dict[str, dict[str, np.ndarray]]]:
+        """`_train`, its result stamped with this process's id (the pool counts worker restarts from it)."""
+        import dataclasses
+
+        result, payload = self._train(task, global_state, client_state)
+        return dataclasses.replace(result, worker_pid=os.getpid()), payload
+
+    def _train(self, task: ClientTask, global_state: dict, client_state: dict | None = None
+               ) -> tuple[ClientResult, dict[str, dict[str, np.ndarray]]]:
         """Train one client from `global_state` (the version it was dispatched with; SCAFFOLD: with the server
         variate c in it, and the client's own c_i in `client_state`) under its task's `ClientConfig`; returns its
         statistics and its payload as the server decodes it: "delta" (or, under secure aggregation, "masked"),
