@@ -20,4 +20,4 @@ RUN pip install --no-cache-dir torch==2.13.0
 # The checkout (scenarios/ and clusters/ included, so the driver can run `fedsim run` on the head pod).
 WORKDIR /home/ray/fedsim
 COPY --chown=ray:users . .
-RUN pip install --no-cache-dir -e . && fedsim --help > /dev/null
+RUN pip install --no-cache-dir -e ".[gpu]" && fedsim --help > /dev/null   # [gpu]: bitsandbytes (a QLoRA base)

@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="fix a scenario key for every trial, e.g. --set server.rounds=3 (repeatable)")
     w.add_argument("--out", help="sweep directory (default runs/sweeps/<sweep name>); the same sweep into the same "
                                  "directory resumes it")
-    w.add_argument("--overwrite", action="store_true", help="replace a different sweep's directory")
+    w.add_argument("--overwrite", action="store_true", help="delete the sweep directory (finished trials included) "
+                                                                "and start over")
     w.add_argument("--quiet", action="store_true", help="no line per finished trial")
     c = scenario_cmd("cost", "one client's cost breakdown (model, memory, FLOPs, bytes, time, energy)")
     c.add_argument("--device", required=True, help="catalog device class, e.g. phone-flagship")

@@ -70,7 +70,7 @@ class ClientResult:
     update_norm: float = math.nan  # HetLoRA: ||B A||_F of its trained adapter (its aggregation weight)
     rank: int | None = None  # HetLoRA with self-pruning: the rank it holds from its next round
     error: str | None = None  # its task kept raising on the workers: no update (booked failed)
-    worker_pid: int = 0  # the worker process that trained it (a new one for the same worker: a restart)
+    worker_id: str = ""  # Ray's id of the worker process that trained it (a new one for an actor: a restart)
 
 
 def state_digest(state: Tensors) -> str:

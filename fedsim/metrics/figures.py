@@ -30,6 +30,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (for figures drawn elsewhere, e.g. a sweep's)."""
+    return _plt()
+
+
+def save(fig, path: Path) -> Path:
+    """Lay out, write as PNG at fedsim's resolution, close; returns `path`."""
+    return _save(fig, path)
+
+
 def timeline(clients: pd.DataFrame, rounds: pd.DataFrame, path: Path, max_clients: int = 80) -> Path:
     """Gantt of the first clients dispatched: download, compute and upload segments, coloured by status;
     dotted lines where rounds (server steps) close."""

@@ -124,7 +124,8 @@ def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32
     if where.quantization != "none":  # QLoRA: norms in float32, inputs require grad for checkpointing
         from peft import prepare_model_for_kbit_training
 
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing)
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
     elif checkpointing:
         if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -30,6 +30,10 @@ def init_ray(spec: ClusterSpec):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
+    if spec.address and spec.address.startswith("ray://"):
+        raise ConfigError(ADDRESS_KEY, f"{spec.address}: Ray Client is not supported (the run directory would be "
+                                       "split between this machine and the cluster): run fedsim on the head node "
+                                       "(ray exec, kubectl exec) with address: auto")
     if not ray.is_initialized():
         kwargs = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
         if spec.address:
@@ -77,23 +81,20 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> str:
     """The host:port ray.init(address) will connect to; a ConfigError unless a Ray server answers there.
 
     "auto" and host:port resolve as Ray resolves them (RAY_ADDRESS, the newest local session, localhost ->
-    this node's IP); "ray://host:port" is probed as given. A TCP connect and then one Ray RPC each get
-    `timeout` seconds, so a closed port, a black hole and a non-Ray service all fail fast.
+    this node's IP). A TCP connect and then one Ray RPC each get `timeout` seconds, so a closed port, a black
+    hole and a non-Ray service all fail fast.
     """
     from ray._private import services
 
-    scheme, sep, rest = address.partition("://")
-    if sep and scheme != "ray":
-        return address  # a Ray Client plugin scheme: left to ray.init (Ray Client times out by itself)
     try:
-        target = rest if sep else services.canonicalize_bootstrap_address(address)
+        target = services.canonicalize_bootstrap_address(address)
     except (ConnectionError, ValueError) as exc:  # "auto" with no cluster running; a malformed address
         raise _unreachable(address, None, exc) from None
     try:
         _tcp_probe(target, timeout)
     except (OSError, ValueError) as exc:
         raise _unreachable(address, target, exc) from None
-    _ray_probe(address, target, bool(sep), timeout)
+    _ray_probe(address, target, timeout)
     return target
 
 
@@ -113,8 +114,8 @@ def _tcp_probe(target: str, timeout: float) -> None:
         raise TimeoutError(f"no answer within {timeout:g} s") from None
 
 
-def _ray_probe(address: str, target: str, client: bool, timeout: float) -> None:
-    """Ask `target` one Ray question (GCS: its cluster id; Ray Client: a ping) within `timeout` seconds.
+def _ray_probe(address: str, target: str, timeout: float) -> None:
+    """Ask the GCS at `target` for its cluster id within `timeout` seconds.
 
     Uses Ray's own channel settings (TLS, proxy); an answer that is an authentication refusal still proves a
     Ray server is there. Anything else that answers (another service, a proxy) fails here, before ray.init
@@ -123,27 +124,19 @@ def _ray_probe(address: str, target: str, client: bool, timeout: float) -> None:
     import grpc
     from ray._private import ray_constants
     from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
     channel = init_grpc_channel(target, options=ray_constants.GLOBAL_GRPC_OPTIONS)
     try:
-        if client:
-            from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
-
-            ping = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)
-            ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(ping, timeout=timeout)
-        else:
-            from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
-
-            gcs = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)  # gRPC's generated client class
-            gcs.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+        gcs = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)  # gRPC's generated client class
+        gcs.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
     except grpc.RpcError as exc:  # raised by a call, so it is also a grpc.Call with code() and details()
         code = exc.code()
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             return  # a Ray server that wants a token: it is there, and ray.init brings the token
-        server = "Ray Client server" if client else "Ray GCS"
         why = f"no answer within {timeout:g} s" if code == grpc.StatusCode.DEADLINE_EXCEEDED else \
             f"{code.name}: {exc.details()}"
-        raise _unreachable(address, target, f"the port is open but no {server} answered ({why})") from None
+        raise _unreachable(address, target, f"the port is open but no Ray GCS answered ({why})") from None
     finally:
         channel.close()
 
@@ -152,20 +145,20 @@ def _unreachable(address: str, target: str | None, reason) -> ConfigError:
     """The one-line error for an address that cannot be joined."""
     if isinstance(reason, OSError) and reason.strerror:
         reason = reason.strerror
-    where = f"{address} ({target})" if target and target not in (address, address.partition("://")[2]) else address
+    where = f"{address} ({target})" if target and target != address else address
     return ConfigError(ADDRESS_KEY, f"cannot reach Ray at {where}: {' '.join(str(reason).split())}")
 
 
 def pool_size(ray, spec: ClusterSpec, rt: RuntimeConfig) -> int:
     """runtime.num_workers, else as many workers as fit: inside a placement group (a sweep's trial, or any Ray Tune
-    trial that calls `run`) one per bundle that holds a worker's resources, never the whole cluster; otherwise as
-    many as the cluster's CPUs/GPUs hold."""
+    trial that calls `run`) one per bundle after the first (the trial's own) that holds a worker's resources,
+    never the whole cluster; otherwise as many as the cluster's CPUs/GPUs hold."""
     if rt.num_workers:
         return rt.num_workers
     need = {"CPU": spec.worker.num_cpus, "GPU": spec.worker.num_gpus}
     group = ray.util.get_current_placement_group()
-    if group is not None:
-        fits = [b for b in group.bundle_specs if all(b.get(k, 0) >= v for k, v in need.items() if v > 0)]
+    if group is not None:  # bundle 0 is the trial's own process (Ray Tune's head bundle): not a worker's
+        fits = [b for b in group.bundle_specs[1:] if all(b.get(k, 0) >= v for k, v in need.items() if v > 0)]
         return max(1, len(fits))
     res = ray.cluster_resources()
     fits = [math.floor(res.get(k, 0 if k == "GPU" else 1) / v) for k, v in need.items() if v > 0]

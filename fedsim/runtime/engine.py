@@ -109,8 +109,9 @@ def run(
     `resume`: continue the run directory from its newest checkpoint (bit for bit: same rows, same adapter as an
     uninterrupted run). `stop_after`: stop (with a checkpoint) after that round, to resume later. `report`:
     "inline" writes report.html before returning, "background" hands it to a detached process (the CLI's
-    default: the user is not held up), "off" skips it (`fedsim report` writes it any time). `on_round` is called with each round's rounds.jsonl row
-    once the round is recorded (and checkpointed when due): a sweep reports it to Ray Tune.
+    default: the user is not held up), "off" skips it (`fedsim report` writes it any time). `on_round` is called
+    with each round's rounds.jsonl row once the round is recorded (and checkpointed when due): a sweep reports it
+    to Ray Tune.
     """
     t0 = time.perf_counter()
     timing = {"process_start": process_start_time(), "run_called": time.time()}

@@ -85,7 +85,7 @@ class Pool:
         self.ready_refs = [w.ready.remote() for w in self.workers]  # asked now, read after round 1
         self.recorded: list = []  # the ledger writes not yet confirmed
         self.window = n * rt["max_inflight_per_worker"]
-        self.pids: list[int] = [0] * n  # each worker's process as last seen: a new one means Ray restarted it
+        self.processes: list[str] = [""] * n  # each actor's process as last seen: a new one: Ray restarted it
         self.task_retries = rt["task_retries"]  # also for a task that raises (booked failed after)
         peft = scenario["peft"]
         # clients with state in the store: SCAFFOLD's c_i, FedSA-LoRA's personal B
@@ -187,9 +187,9 @@ class Pool:
                     raise WorkerLost(tasks[seq], one_line(exc)) from None
                 if (result.client, result.dispatch) != (tasks[seq].client, tasks[seq].dispatch):
                     raise WorkerLost(tasks[seq], f"got the result of client {result.client} instead")
-                if result.worker_pid:
-                    restarts += bool(self.pids[w]) and self.pids[w] != result.worker_pid
-                    self.pids[w] = result.worker_pid
+                if result.worker_id:
+                    restarts += bool(self.processes[w]) and self.processes[w] != result.worker_id
+                    self.processes[w] = result.worker_id
                 unfinished.discard(seq)
                 agg.put.remote(seq, weights[seq], result, update)
                 handed.add(seq)

@@ -106,11 +106,15 @@ class Worker:
 
     def train(self, task: ClientTask, global_state: dict, client_state: dict | None = None
               ) -> tuple[ClientResult, dict[str, dict[str, np.ndarray]]]:
-        """`_train`, its result stamped with this process's id (the pool counts worker restarts from it)."""
+        """`_train`, its result stamped with this worker process's Ray id (the pool counts restarts from it)."""
         import dataclasses
 
+        import ray
+
         result, payload = self._train(task, global_state, client_state)
-        return dataclasses.replace(result, worker_pid=os.getpid()), payload
+        if not ray.is_initialized():  # used in-process (tests, benchmarks): asking Ray would start it
+            return result, payload
+        return dataclasses.replace(result, worker_id=ray.get_runtime_context().get_worker_id()), payload
 
     def _train(self, task: ClientTask, global_state: dict, client_state: dict | None = None
                ) -> tuple[ClientResult, dict[str, dict[str, np.ndarray]]]:

@@ -388,7 +388,7 @@ class ClusterSpec:
     """Where the physical plane runs (clusters/*.yaml)."""
 
     name: str = "local"
-    address: str | None = None  # None: start a local Ray; "auto" / "ray://host:10001": join a running cluster
+    address: str | None = None  # None: start a local Ray; "auto" / "host:6379": join a running cluster (not ray://)
     num_cpus: PosInt | None = None  # local Ray only; None: all CPUs
     num_gpus: NonNegInt | None = None
     worker: WorkerResources = Field(default_factory=WorkerResources)

@@ -55,10 +55,11 @@ class SchedulerConfig:
     best 1/reduction_factor of the federations that reached that rung."""
 
     type: Literal["none", "asha"] = "none"
-    metric: Literal["train_loss", "eval_loss", "sim_time_s"] = "train_loss"
+    metric: Literal[ROUND_METRICS] = "train_loss"
     mode: Literal["min", "max"] = "min"
-    grace_period: Annotated[int, Field(gt=0)] = 2
-    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+    # Ray Tune's ASHAScheduler defaults (grace period 1; reduction factor 4, the eta = 4 of Li et al. 2020)
+    grace_period: Annotated[int, Field(gt=0)] = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 4.0
 
 
 @dataclass(frozen=True, config=_CFG)
@@ -122,6 +123,9 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     if "scenario" not in raw:
         raise ConfigError("scenario", f"{path}: a sweep needs `scenario:` (the base scenario file)")
     raw["scenario"] = str((path.parent / str(raw["scenario"])).resolve())
+    for key in ("set", "grid", "random"):
+        if not isinstance(raw.get(key) or {}, dict):
+            raise ConfigError(key, f"expected a mapping of dotted scenario keys, got {raw[key]!r}")
     raw["set"] = {**(raw.get("set") or {}), **(overrides or {})}
     try:
         cfg = _ADAPTER.validate_python(raw)
@@ -145,22 +149,65 @@ def _check(cfg: SweepConfig) -> None:
             raise ConfigError(f"random.{key}.{kind}", f"takes {DISTRIBUTIONS[kind]} numbers, got {args}")
         if kind == "choice" and not args:
             raise ConfigError(f"random.{key}.choice", "needs at least one value")
+        _check_range(f"random.{key}.{kind}", kind, args)
     both = set(cfg.grid) & set(cfg.random) | set(cfg.set) & set(cfg.swept)
     if both:
         raise ConfigError(sorted(both)[0], "is both fixed/gridded and swept: give it in one place")
     if "runtime.num_workers" in {*cfg.set, *cfg.swept}:
         raise ConfigError("runtime.num_workers", "a trial's worker actors are `trial.workers` in a sweep")
+    if "runtime.cluster" in cfg.swept:  # every trial's placement group is sized by one cluster spec
+        raise ConfigError("runtime.cluster", "cannot vary between trials (set it once, in `set:`)")
+    if cfg.search != "none" and cfg.seeds:
+        raise ConfigError("seeds", "a search would optimise over the seed; give `set: {seed: N}` (or search "
+                                   "without seeds, then rerun the best values as a grid over seeds)")
     if "seed" in cfg.grid or "seed" in cfg.random:
         raise ConfigError("seeds", "sweep seeds with `seeds: [...]`, not as a grid or random key")
     if cfg.metric not in SUMMARY_NUMBERS:
         raise ConfigError("metric", f"expected a number of summary.json: one of {', '.join(SUMMARY_NUMBERS)}")
     if cfg.scheduler.type != "none" and cfg.mode == "estimate":
-        raise ConfigError("scheduler", "an estimate-mode trial reports once, at its end: no scheduler can stop it early")
+        raise ConfigError("scheduler", "an estimate-mode trial reports once, at its end: no scheduler can stop it "
+                                       "early")
     for fig in cfg.figures:
         for axis in (fig.x, fig.hue):
             if axis is not None and axis not in cfg.swept:
                 raise ConfigError("figures", f"{axis!r} is not a swept key ({', '.join(cfg.swept) or 'none'})")
+        if fig.y not in (*SUMMARY_NUMBERS, *ROUND_METRICS, "round_reached"):
+            raise ConfigError("figures", f"y {fig.y!r} is not a column of sweep.parquet (a summary.json number, "
+                                         f"{', '.join(ROUND_METRICS)} or round_reached)")
     _check_values(cfg)
+
+
+def _check_range(key: str, kind: str, args: list) -> None:
+    """The rules Ray Tune's sampling functions enforce only once the sweep starts: numbers, low < high, a
+    positive lower bound on a log scale, a positive quantum."""
+    if kind == "choice":
+        return
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        raise ConfigError(key, f"expects numbers, got {args}")
+    low, high = args[0], args[1]
+    if kind in ("randint", "lograndint") and not all(float(a).is_integer() for a in (low, high)):
+        raise ConfigError(key, f"expects integers, got {args}")
+    if not low < high:
+        raise ConfigError(key, f"needs low < high (the upper end is excluded for {kind}), got {args}")
+    if kind.startswith("log") and low <= 0:
+        raise ConfigError(key, f"a log scale needs a positive lower end, got {low}")
+    if kind == "quniform" and args[2] <= 0:
+        raise ConfigError(key, f"needs a positive quantum, got {args[2]}")
+
+
+def ends(kind: str, args: list) -> list:
+    """The values a random key can take at its extremes (randint's upper end is excluded), or all its choices."""
+    if kind == "choice":
+        return list(args)
+    return [args[0], args[1] - 1] if kind in ("randint", "lograndint") else list(args[:2])
+
+
+def first_point(cfg: SweepConfig) -> dict[str, Any]:
+    """The values of one trial (the first grid point, each random key's lower end, the first seed): with them
+    the base scenario is whole even when the grid alone completes it."""
+    point = {k: v[0] for k, v in cfg.grid.items()}
+    point.update({k: ends(*next(iter(spec.items())))[0] for k, spec in cfg.random.items()})
+    return {**point, **({"seed": cfg.seeds[0]} if cfg.seeds else {})}
 
 
 def _check_values(cfg: SweepConfig) -> None:
@@ -173,17 +220,19 @@ def _check_values(cfg: SweepConfig) -> None:
     points += [{k: v} for k, values in cfg.grid.items() for v in values]
     for key, spec in cfg.random.items():
         (kind, args), = spec.items()
-        points += [{key: v} for v in (args if kind == "choice" else args[:2])]
+        points += [{key: v} for v in ends(kind, args)]
     for seed in cfg.seeds[:1]:
         points.append({"seed": seed})
     seen: set[str] = set()
+    first = first_point(cfg)  # the rest of a trial around each value checked alone
     for point in points or [{}]:
         label = repr(sorted(point.items()))
         if label in seen:
             continue
         seen.add(label)
+        trial = {**first, **point}
         try:
-            load(cfg.scenario, {**cfg.set, **point})
+            load(cfg.scenario, {**cfg.set, **trial})
         except ConfigError as err:
-            where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            where = ", ".join(f"{k}={v!r}" for k, v in trial.items())
             raise ConfigError(err.path, f"{err.message}" + (f" (in the trial with {where})" if where else "")) from None

@@ -13,7 +13,7 @@ import pandas as pd
 
 from fedsim.atomic import atomic_write_bytes
 from fedsim.errors import one_line
-from fedsim.sweeps.config import FigureConfig, SweepConfig
+from fedsim.sweeps.config import ROUND_METRICS, FigureConfig, SweepConfig
 
 DEFAULT_Y = ("sim_time_s", "bytes_up", "energy_kwh")  # drawn against every swept key, after the sweep's metric
 
@@ -38,7 +38,7 @@ def collect(cfg: SweepConfig, grid, out: Path) -> pd.DataFrame:
         row: dict[str, Any] = {"trial_id": trial_id, "status": status,
                                **{k: (result.config or {}).get(k) for k in cfg.swept}}
         row["round_reached"] = metrics.get("round")
-        known = {k: metrics[k] for k in _REPORTED if k in metrics}  # the newest losses it reported
+        known = {k: metrics[k] for k in ROUND_METRICS if k in metrics}  # the newest losses it reported
         known.update(scalars(summary) if complete else {})
         row.update({k: v for k, v in known.items() if k not in row})
         row["error"] = one_line(result.error) if result.error else None
@@ -51,9 +51,6 @@ def collect(cfg: SweepConfig, grid, out: Path) -> pd.DataFrame:
     table.to_parquet(buf, index=False)
     atomic_write_bytes(out / "sweep.parquet", buf.getvalue())
     return table
-
-
-_REPORTED = ("train_loss", "eval_loss", "sim_time_s")
 
 
 def _sortable(col: pd.Series) -> pd.Series:
@@ -80,18 +77,18 @@ def figures_of(cfg: SweepConfig) -> list[FigureConfig]:
 def draw(cfg: SweepConfig, table: pd.DataFrame, where: Path) -> list[Path]:
     """PNG figures of the completed trials: each `y` averaged over seeds and every key not drawn, with
     min-max bars. A figure whose `y` no completed trial has is skipped."""
-    from fedsim.metrics.figures import _plt, _save
+    from fedsim.metrics.figures import pyplot, save
 
     done = table[table["status"] == "completed"] if len(table) else table
     paths = []
     for fig_cfg in figures_of(cfg):
         if fig_cfg.y not in done or done[fig_cfg.y].isna().all():
             continue
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         groups = [(None, done)] if fig_cfg.hue is None else list(done.groupby(fig_cfg.hue, dropna=False, sort=True))
         numeric = pd.api.types.is_numeric_dtype(done[fig_cfg.x])
-        order = sorted(done[fig_cfg.x].dropna().unique().tolist(), key=lambda v: (not numeric, v if numeric else str(v)))
+        order = sorted(done[fig_cfg.x].dropna().unique().tolist(), key=lambda v: v if numeric else str(v))
         for label, sub in groups:
             stats = sub.groupby(fig_cfg.x)[fig_cfg.y].agg(["mean", "min", "max"]).reindex(order).dropna()
             xs = stats.index.to_numpy(dtype=float) if numeric else np.array([order.index(v) for v in stats.index])
@@ -105,7 +102,7 @@ def draw(cfg: SweepConfig, table: pd.DataFrame, where: Path) -> list[Path]:
         if fig_cfg.hue is not None:
             ax.legend(fontsize=8)
         where.mkdir(parents=True, exist_ok=True)
-        paths.append(_save(fig, where / f"{_slug(fig_cfg.y)}_vs_{_slug(fig_cfg.x)}.png"))
+        paths.append(save(fig, where / f"{_slug(fig_cfg.y)}_vs_{_slug(fig_cfg.x)}.png"))
     return paths
 
 

@@ -29,7 +29,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # before Tune is imported: its
 from ray import tune  # noqa: E402 - the sweep's runtime: only `fedsim sweep` imports this module
 
 from fedsim.errors import ConfigError
-from fedsim.sweeps.config import SweepConfig, load_sweep
+from fedsim.sweeps.config import SweepConfig, first_point, load_sweep
 
 STATE = "sweep.yaml"  # the resolved sweep in OUT: a second run of a different sweep into OUT is refused
 TUNE_DIR = "tune"
@@ -51,20 +51,26 @@ def sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
 
     cfg = load_sweep(path, parse_overrides(overrides))
     out = Path(out or Path("runs") / "sweeps" / cfg.name).resolve()
-    resuming = _open_out(out, cfg, overwrite)
-    spec = load_cluster(load(cfg.scenario, cfg.set).runtime.cluster)
+    base = load(cfg.scenario, {**cfg.set, **first_point(cfg)})  # one whole trial: its cluster, seed, contents
+    spec = load_cluster(base.runtime.cluster)
     from fedsim.runtime.cluster import init_ray
 
     ray = init_ray(spec)
-    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # its resume hints name Tuner.restore: ours is the command
+    # Tune's resume hints name Tuner.restore (ours is the same command); its warning that no trial fits stays
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.execution.insufficient_resources_manager").setLevel(logging.WARNING)
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial: one line, and its row in the table
     home = f"node:{ray.util.get_node_ip_address()}"
-    trainable = tune.with_resources(tune.with_parameters(_trial, sweep=_plain(cfg), out=str(out)),
-                                    _resources(cfg, spec.worker, home))
+    resources = _resources(cfg, spec.worker, home)
+    if not spec.address:
+        _check_fits(resources.required_resources, ray.cluster_resources())
+    resuming = _open_out(out, cfg, overwrite)  # only once the sweep can run: a refused one writes nothing
+    trainable = tune.with_resources(tune.with_parameters(_trial, sweep=_plain(cfg), out=str(out)), resources)
     t0 = time.perf_counter()
     if resuming and tune.Tuner.can_restore(str(out / TUNE_DIR)):
         tuner = tune.Tuner.restore(str(out / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, param_space=_space(cfg), tune_config=_tune_config(cfg),
+        tuner = tune.Tuner(trainable, param_space=_space(cfg), tune_config=_tune_config(cfg, base.seed),
                            run_config=tune.RunConfig(storage_path=str(out), name=TUNE_DIR, verbose=0,
                                                      callbacks=[] if quiet else [_Progress()]))
     grid = tuner.fit()
@@ -87,11 +93,26 @@ def sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
     return SweepResult(table, out, figures)
 
 
+def _check_fits(need: dict[str, float], have: dict[str, float]) -> None:
+    """A trial that needs more than this machine's Ray has would wait forever: a ConfigError instead (a joined
+    cluster may autoscale, so it is only checked for a local Ray)."""
+    for key, amount in sorted(need.items()):
+        if amount > have.get(key, 0.0) + 1e-9:
+            what = {"CPU": "CPUs", "GPU": "GPUs"}.get(key, key)
+            raise ConfigError("trial.workers", f"one trial needs {amount:g} {what} (trial.workers x the cluster "
+                                               f"spec's worker resources), this Ray has {have.get(key, 0):g}")
+
+
 def _open_out(out: Path, cfg: SweepConfig, overwrite: bool) -> bool:
     """Prepare OUT; True if it holds this same sweep already (resume). A different sweep there, or a directory
     that is not a sweep's, is refused unless --overwrite (which deletes only a sweep's directory)."""
     state = out / STATE
-    text = yaml.safe_dump(_plain(cfg), sort_keys=True)
+    from fedsim.paths import digest
+    from fedsim.scenario import dump, load
+
+    # the resolved base scenario's digest too: an edited base file is a different sweep
+    scenario = digest(dump(load(cfg.scenario, cfg.set | first_point(cfg))))
+    text = yaml.safe_dump({**_plain(cfg), "scenario_digest": scenario}, sort_keys=True)
     if out.exists() and any(out.iterdir()):
         if not state.is_file():
             raise ConfigError("--out", f"{out} exists, is not empty and holds no sweep; choose another directory")
@@ -138,9 +159,9 @@ def _space(cfg: SweepConfig) -> dict[str, Any]:
     return space
 
 
-def _tune_config(cfg: SweepConfig):
-    """Search algorithm (Tune's variant generator, seeded; or Optuna's TPE), scheduler (ASHA), concurrency."""
-    seed = int(yaml.safe_load(Path(cfg.scenario).read_text()).get("seed", 0) or 0)
+def _tune_config(cfg: SweepConfig, seed: int):
+    """Search algorithm (Tune's variant generator or Optuna's TPE, seeded with the scenario's seed), scheduler
+    (ASHA), concurrency."""
     if cfg.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -176,10 +197,15 @@ def _trial(config: dict[str, Any], sweep: dict, out: str) -> None:
 
         summary = estimate(cfg.scenario, overrides, run_dir, overwrite=True, quiet=True).summary
     else:
+        import json
+
         from fedsim.runtime import checkpoint
         from fedsim.runtime.engine import run
 
-        if checkpoint.newest_round(run_dir) is not None and not (run_dir / "summary.json").is_file():
+        done = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else None
+        if done and done.get("complete"):  # it finished as Tune stopped (Ctrl-C): not trained again
+            summary = done
+        elif checkpoint.newest_round(run_dir) is not None:  # interrupted: on from its newest checkpoint
             summary = run(None, resume=run_dir, quiet=True, report="off", on_round=reporter).summary
         else:
             summary = run(cfg.scenario, overrides, run_dir, overwrite=True, quiet=True, report="off",

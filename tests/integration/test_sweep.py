@@ -90,7 +90,7 @@ def test_asha_stops_a_hopeless_federation_early(local_ray, tmp_path):
     })
     table = fedsim.sweep(path, out=tmp_path / "out").table.set_index("training.lr")
     assert table.loc[0.003, "status"] == "completed" and table.loc[0.003, "round_reached"] == 4
-    assert table.loc[1e-9, "status"] == "stopped" and table.loc[1e-9, "round_reached"] < 4
+    assert table.loc[1e-9, "status"] == "stopped" and table.loc[1e-9, "round_reached"] == 1  # the first rung
     assert table.loc[1e-9, "train_loss"] > table.loc[0.003, "train_loss"]
     assert not (tmp_path / "out" / table.loc[1e-9, "run_dir"] / "summary.json").exists()
 
@@ -128,7 +128,7 @@ def test_a_trial_inside_a_placement_group_sizes_its_pool_from_the_group(local_ra
     from fedsim.runtime.cluster import pool_size
     from fedsim.scenario.schema import ClusterSpec, RuntimeConfig
 
-    group = placement_group([{"CPU": 0.5}, {"CPU": 1}])
+    group = placement_group([{"CPU": 1}, {"CPU": 1}])  # the trial's own bundle, then one worker's
     ray.get(group.ready())
 
     @ray.remote(num_cpus=0)
@@ -138,6 +138,30 @@ def test_a_trial_inside_a_placement_group_sizes_its_pool_from_the_group(local_ra
     try:
         assert ray.get(size.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
             group, placement_group_capture_child_tasks=True)).remote()) == (1, 3)
-        assert pool_size(ray, ClusterSpec(), RuntimeConfig()) == 2  # outside: the cluster's two CPUs
+        assert pool_size(ray, ClusterSpec(), RuntimeConfig()) == 2  # outside: the cluster's two CPUs (all held)
     finally:
         ray.util.remove_placement_group(group)
+
+
+def test_sweep_input_errors_are_one_line_and_write_nothing(tmp_path):
+    """Through the CLI: a file that is not YAML, a trial that could never be scheduled here (it would wait
+    forever), an --out that holds something else: exit code 2, one line, nothing written or touched."""
+    from tests.integration.test_cli_errors import assert_user_error, snapshot
+    from tests.integration.test_cli_errors import fedsim as cli
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: [unclosed\n")
+    assert_user_error(cli("sweep", bad), "sweep")
+    big = _write(tmp_path, {"name": "big", "scenario": str(ROOT / "scenarios" / "quickstart.yaml"),
+                            "grid": {"peft.r": [4]}, "trial": {"workers": 3}})
+    line = assert_user_error(cli("sweep", big, "--out", tmp_path / "big"), "trial.workers")
+    assert "one trial needs 3 CPUs" in line and not (tmp_path / "big").exists()
+    other = tmp_path / "other"
+    (other / "notes.txt").parent.mkdir()
+    (other / "notes.txt").write_text("mine")
+    small = _write(tmp_path, {"name": "small", "scenario": str(ROOT / "scenarios" / "quickstart.yaml"),
+                              "mode": "estimate", "grid": {"peft.r": [4]}})
+    before = snapshot(other)
+    assert "holds no sweep" in assert_user_error(cli("sweep", small, "--out", other), "--out")
+    assert snapshot(other) == before
+

@@ -229,7 +229,7 @@ def test_launcher_nodes_run_one_ray_and_python_and_gpu_workers_get_the_cuda_imag
 
 def _install_steps(commands: list[str], mount: str) -> tuple[int, int, str]:
     torch = [i for i, c in enumerate(commands) if "pip install" in c and _torch_pin() in c.split()]
-    fedsim = [i for i, c in enumerate(commands) if re.search(rf"pip install\b.*\s(-e\s+)?{re.escape(mount)}/?(\s|$)", c)]
+    fedsim = [i for i, c in enumerate(commands) if re.search(rf"pip install\b.*\s(-e\s+)?{re.escape(mount)}(\[[a-z,]+\])?/?(\s|$)", c)]
     assert torch, f"{_torch_pin()} is not installed: {commands}"
     assert fedsim, f"fedsim ({mount}) is not installed: {commands}"
     return torch[0], fedsim[0], commands[torch[0]]
@@ -430,7 +430,7 @@ def test_the_kuberay_image_installs_the_same_ray_torch_and_fedsim_as_the_launche
     # torch (the Makefile's pin, CUDA build) before fedsim, fedsim from the copied checkout.
     torch_at = next(i for i, line in enumerate(lines) if line.startswith("RUN ") and _torch_pin() in line.split())
     copy_at = next(i for i, line in enumerate(lines) if re.match(r"COPY\b.*\s\.\s+\.$", line))
-    fedsim_at = next(i for i, line in enumerate(lines) if re.search(r"pip install\b.*\s(-e\s+)?\.(\s|$)", line))
+    fedsim_at = next(i for i, line in enumerate(lines) if re.search(r"pip install\b.*\s(-e\s+)?\"?\.(\[[a-z,]+\])?\"?(\s|$)", line))
     assert torch_at < fedsim_at and copy_at < fedsim_at
     assert "/whl/cpu" not in lines[torch_at]
 

@@ -36,7 +36,7 @@ def test_a_search_runs_num_samples_trials(tmp_path):
 @pytest.mark.parametrize("body, key, words", [
     ({"grid": {"server.clients_per_round": [4, 0]}}, "server.clients_per_round", "server.clients_per_round=0"),
     ({"grid": {"server.no_such_key": [1]}}, "server", "no_such_key"),
-    ({"random": {"training.lr": {"loguniform": [-1, 0.1]}}}, "training.lr", "training.lr=-1"),
+    ({"random": {"training.lr": {"uniform": [-1, 0.1]}}}, "training.lr", "training.lr=-1"),
     ({"random": {"training.lr": {"normal": [0, 1]}}}, "random.training.lr", "expected one of"),
     ({"random": {"training.lr": {"uniform": [0.1]}}}, "random.training.lr.uniform", "takes 2 numbers"),
     ({"grid": {"peft.r": []}}, "grid.peft.r", "at least one value"),
@@ -48,6 +48,15 @@ def test_a_search_runs_num_samples_trials(tmp_path):
     ({"scheduler": {"type": "hyperband"}}, "scheduler.type", "asha"),
     ({"trial": {"workers": 0}}, "trial.workers", "greater than 0"),
     ({"metric": "final_eval_los"}, "metric", "final_eval_loss"),
+    ({"set": ["server.rounds=2"]}, "set", "expected a mapping"),
+    ({"random": {"training.weight_decay": {"loguniform": [0, 0.1]}}}, "random.training.weight_decay.loguniform",
+     "positive lower end"),
+    ({"random": {"peft.r": {"randint": [4, 4]}}}, "random.peft.r.randint", "low < high"),
+    ({"random": {"peft.r": {"randint": [2.5, 8]}}}, "random.peft.r.randint", "integers"),
+    ({"random": {"training.lr": {"quniform": [0.1, 0.5, 0]}}}, "random.training.lr.quniform", "positive quantum"),
+    ({"grid": {"runtime.cluster": ["local", "clusters/single-node-gpus.yaml"]}}, "runtime.cluster", "cannot vary"),
+    ({"search": "optuna", "seeds": [1, 2], "random": {"peft.r": {"choice": [4, 8]}}}, "seeds", "optimise over"),
+    ({"grid": {"peft.r": [4]}, "figures": [{"x": "peft.r", "y": "bytes_upp"}]}, "figures", "not a column"),
 ])
 def test_bad_sweeps_name_the_key(tmp_path, body, key, words):
     with pytest.raises(ConfigError) as err:
@@ -70,3 +79,15 @@ def test_default_figures_draw_the_metric_time_bytes_and_energy_against_each_swep
     assert {(f.x, f.hue) for f in figs} == {("peft.r", "server.clients_per_round"),
                                             ("server.clients_per_round", "peft.r")}
     assert [f.y for f in figs[:4]] == ["final_eval_loss", "sim_time_s", "bytes_up", "energy_kwh"]
+
+
+def test_a_randint_upper_end_is_excluded_and_a_grid_may_complete_the_base(tmp_path):
+    """Tune's randint excludes its upper end: [0, 2] never draws 2, so the value checked is 1 (a dropout of 2
+    would be refused). A value checked alone is loaded with the rest of the first trial's values."""
+    from fedsim.sweeps.config import ends, first_point
+
+    assert ends("randint", [1, 11]) == [1, 10] and ends("loguniform", [1e-4, 1e-2]) == [1e-4, 1e-2]
+    cfg = load_sweep(_sweep(tmp_path, random={"population.dropout": {"randint": [0, 2]}},
+                            grid={"peft.r": [4, 8]}, seeds=[3]))
+    assert first_point(cfg) == {"peft.r": 4, "population.dropout": 0, "seed": 3}
+
