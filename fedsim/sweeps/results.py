@@ -79,7 +79,10 @@ def draw(cfg: SweepConfig, table: pd.DataFrame, where: Path) -> list[Path]:
     min-max bars. A figure whose `y` no completed trial has is skipped."""
     from fedsim.metrics.figures import pyplot, save
 
-    done = table[table["status"] == "completed"] if len(table) else table
+    done = (table[table["status"] == "completed"] if len(table) else table).copy()
+    for key in cfg.swept:  # a list or mapping value (e.g. runtime.fail_clients) is drawn as its text
+        if key in done and done[key].map(lambda v: isinstance(v, (list, dict, tuple, np.ndarray))).any():
+            done[key] = done[key].map(str)
     paths = []
     for fig_cfg in figures_of(cfg):
         if fig_cfg.y not in done or done[fig_cfg.y].isna().all():

@@ -58,6 +58,7 @@ def sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
     ray = init_ray(spec)
     # Tune's resume hints name Tuner.restore (ours is the same command); its warning that no trial fits stays
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete": our line says it
     logging.getLogger("ray.tune.execution.insufficient_resources_manager").setLevel(logging.WARNING)
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial: one line, and its row in the table
     home = f"node:{ray.util.get_node_ip_address()}"

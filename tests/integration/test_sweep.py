@@ -95,6 +95,23 @@ def test_asha_stops_a_hopeless_federation_early(local_ray, tmp_path):
     assert not (tmp_path / "out" / table.loc[1e-9, "run_dir"] / "summary.json").exists()
 
 
+def test_a_federation_that_breaks_is_an_error_row_and_the_sweep_goes_on(local_ray, tmp_path):
+    """A trial whose every client task raises (runtime.fail_clients: the whole population) stops its federation;
+    the sweep records it as an error with one line and finishes the other trial."""
+    everyone = list(range(12))
+    path = _write(tmp_path, {
+        "name": "broken", "scenario": str(ROOT / "scenarios" / "quickstart.yaml"),
+        "set": {"server.rounds": 2, "population.num_clients": 12, "population.dropout": 0.0,
+                "server.clients_per_round": 3, "server.eval_every": 0, "runtime.task_retries": 0},
+        "grid": {"runtime.fail_clients": [[], everyone]},
+        "trial": {"workers": 1},
+    })
+    table = fedsim.sweep(path, out=tmp_path / "out").table
+    ok, broken = (table[table["runtime.fail_clients"].map(len) == n].iloc[0] for n in (0, 12))
+    assert ok["status"] == "completed" and ok["rounds"] == 2
+    assert broken["status"] == "error" and "kept failing" in broken["error"] and "\n" not in broken["error"]
+
+
 def test_estimate_sweep_with_optuna_search(local_ray, tmp_path):
     """An estimate-mode search: Optuna's TPE through Tune picks 6 (rank, clients per round) pairs from a space;
     each trial's numbers are those of a plain `fedsim estimate` of the same values."""
