@@ -71,7 +71,7 @@ def sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
     if resuming and tune.Tuner.can_restore(str(out / TUNE_DIR)):
         tuner = tune.Tuner.restore(str(out / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, param_space=_space(cfg), tune_config=_tune_config(cfg, base.seed),
+        tuner = tune.Tuner(trainable, param_space=_space(cfg), tune_config=_tune_config(cfg, base.seed, out),
                            run_config=tune.RunConfig(storage_path=str(out), name=TUNE_DIR, verbose=0,
                                                      callbacks=[] if quiet else [_Progress()]))
     grid = tuner.fit()
@@ -160,9 +160,9 @@ def _space(cfg: SweepConfig) -> dict[str, Any]:
     return space
 
 
-def _tune_config(cfg: SweepConfig, seed: int):
+def _tune_config(cfg: SweepConfig, seed: int, out: Path):
     """Search algorithm (Tune's variant generator or Optuna's TPE, seeded with the scenario's seed), scheduler
-    (ASHA), concurrency."""
+    (ASHA, its rungs kept in OUT for a resume), concurrency."""
     if cfg.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -173,11 +173,11 @@ def _tune_config(cfg: SweepConfig, seed: int):
         search = tune.search.BasicVariantGenerator(random_state=seed, max_concurrent=cfg.trial.max_concurrent)
     scheduler = None
     if cfg.scheduler.type == "asha":
-        from ray.tune.schedulers import ASHAScheduler
+        from fedsim.sweeps.asha import ResumableASHA
 
         sc = cfg.scheduler
-        scheduler = ASHAScheduler(time_attr="round", metric=sc.metric, mode=sc.mode, grace_period=sc.grace_period,
-                                  reduction_factor=sc.reduction_factor, max_t=10**9)
+        scheduler = ResumableASHA(out / "asha.pkl", time_attr="round", metric=sc.metric, mode=sc.mode,
+                                  grace_period=sc.grace_period, reduction_factor=sc.reduction_factor, max_t=10**9)
     # an estimate-mode trial lasts about a second: its process (numpy, pyarrow, the cost models imported) is reused
     return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=cfg.num_samples,
                            reuse_actors=cfg.mode == "estimate")
