@@ -25,7 +25,7 @@ def init_ray(spec: ClusterSpec):
 
     Joining a cluster (`address`) probes the address first, because ray.init retries an unreachable GCS
     without end: an address that does not answer is a ConfigError on `runtime.cluster.address` within
-    about 2 x PROBE_TIMEOUT_S (Ray Client adds at most its own ~30 s). Safe to call from any thread.
+    about 2 x PROBE_TIMEOUT_S; a Ray Client address (ray://) is refused. Safe to call from any thread.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray

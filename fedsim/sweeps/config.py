@@ -172,7 +172,7 @@ def _check(cfg: SweepConfig) -> None:
             if axis is not None and axis not in cfg.swept:
                 raise ConfigError("figures", f"{axis!r} is not a swept key ({', '.join(cfg.swept) or 'none'})")
         if fig.y not in (*SUMMARY_NUMBERS, *ROUND_METRICS, "round_reached"):
-            raise ConfigError("figures", f"y {fig.y!r} is not a column of sweep.parquet (a summary.json number, "
+            raise ConfigError("figures", f"y {fig.y!r} is not a number fedsim draws (a summary.json number, "
                                          f"{', '.join(ROUND_METRICS)} or round_reached)")
     _check_values(cfg)
 
@@ -193,12 +193,17 @@ def _check_range(key: str, kind: str, args: list) -> None:
         raise ConfigError(key, f"a log scale needs a positive lower end, got {low}")
     if kind == "quniform" and args[2] <= 0:
         raise ConfigError(key, f"needs a positive quantum, got {args[2]}")
+    if kind == "quniform" and not ends(kind, args)[0] <= ends(kind, args)[1]:
+        raise ConfigError(key, f"holds no multiple of {args[2]} between {low} and {high}")
 
 
 def ends(kind: str, args: list) -> list:
     """The values a random key can take at its extremes (randint's upper end is excluded), or all its choices."""
     if kind == "choice":
         return list(args)
+    if kind == "quniform":  # Tune snaps the range inward to multiples of q
+        low, high, q = args
+        return [math.ceil(low / q) * q, math.floor(high / q) * q]
     return [args[0], args[1] - 1] if kind in ("randint", "lograndint") else list(args[:2])
 
 

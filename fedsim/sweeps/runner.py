@@ -58,14 +58,14 @@ def sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
     ray = init_ray(spec)
     # Tune's resume hints name Tuner.restore (ours is the same command); its warning that no trial fits stays
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
-    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete": our line says it
+    logging.getLogger("ray.tune.tune").addFilter(_not_incomplete)  # "Trials did not complete": our line says it
     logging.getLogger("ray.tune.execution.insufficient_resources_manager").setLevel(logging.WARNING)
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial: one line, and its row in the table
     home = f"node:{ray.util.get_node_ip_address()}"
     resources = _resources(cfg, spec.worker, home)
     if not spec.address:
         _check_fits(resources.required_resources, ray.cluster_resources())
-    resuming = _open_out(out, cfg, overwrite)  # only once the sweep can run: a refused one writes nothing
+    resuming = _open_out(out, cfg, base, overwrite)  # only once the sweep can run: a refused one writes nothing
     trainable = tune.with_resources(tune.with_parameters(_trial, sweep=_plain(cfg), out=str(out)), resources)
     t0 = time.perf_counter()
     if resuming and tune.Tuner.can_restore(str(out / TUNE_DIR)):
@@ -104,15 +104,15 @@ def _check_fits(need: dict[str, float], have: dict[str, float]) -> None:
                                                f"spec's worker resources), this Ray has {have.get(key, 0):g}")
 
 
-def _open_out(out: Path, cfg: SweepConfig, overwrite: bool) -> bool:
+def _open_out(out: Path, cfg: SweepConfig, base, overwrite: bool) -> bool:
     """Prepare OUT; True if it holds this same sweep already (resume). A different sweep there, or a directory
     that is not a sweep's, is refused unless --overwrite (which deletes only a sweep's directory)."""
     state = out / STATE
     from fedsim.paths import digest
-    from fedsim.scenario import dump, load
+    from fedsim.scenario import dump
 
-    # the resolved base scenario's digest too: an edited base file is a different sweep
-    scenario = digest(dump(load(cfg.scenario, cfg.set | first_point(cfg))))
+    # the resolved base scenario's (first trial's) digest too: an edited base file is a different sweep
+    scenario = digest(dump(base))
     text = yaml.safe_dump({**_plain(cfg), "scenario_digest": scenario}, sort_keys=True)
     if out.exists() and any(out.iterdir()):
         if not state.is_file():
@@ -205,8 +205,10 @@ def _trial(config: dict[str, Any], sweep: dict, out: str) -> None:
 
         done = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else None
         if done and done.get("complete"):  # it finished as Tune stopped (Ctrl-C): not trained again
+            reporter.replay(run_dir)
             summary = done
         elif checkpoint.newest_round(run_dir) is not None:  # interrupted: on from its newest checkpoint
+            reporter.replay(run_dir)  # (the rounds kept; --resume cuts the ledger back to the checkpoint first)
             summary = run(None, resume=run_dir, quiet=True, report="off", on_round=reporter).summary
         else:
             summary = run(cfg.scenario, overrides, run_dir, overwrite=True, quiet=True, report="off",
@@ -214,6 +216,11 @@ def _trial(config: dict[str, Any], sweep: dict, out: str) -> None:
     # the last report: what a scheduler compares (the newest losses) and what a search optimises (the summary)
     tune.report({"round": summary["rounds"], **reporter.last, **scalars(summary),
                  cfg.metric: summary.get(cfg.metric, math.nan)})
+
+
+def _not_incomplete(record: logging.LogRecord) -> bool:
+    """Drops only Tune's "Trials did not complete" log record (fedsim prints one line per failed trial)."""
+    return not str(record.msg).startswith("Trials did not complete")
 
 
 def _quiet_exit(unraisable) -> None:
@@ -230,10 +237,24 @@ class _RoundReporter:
     def __init__(self, metric: str):
         self.metric, self.last = metric, {"train_loss": math.nan, "eval_loss": math.nan}
 
-    def __call__(self, row: dict[str, Any]) -> None:
+    def keep(self, row: dict[str, Any]) -> None:
+        """Remember the row's losses (the newest finite ones) without reporting."""
         for key in self.last:
             if row.get(key) is not None and math.isfinite(row[key]):
                 self.last[key] = float(row[key])
+
+    def replay(self, run_dir: Path) -> None:
+        """Keep the losses of every round already in run_dir/rounds.jsonl: a resumed or already finished trial's
+        last report then carries the same losses as an uninterrupted one's."""
+        import json
+
+        ledger = run_dir / "rounds.jsonl"
+        for line in ledger.read_text().splitlines() if ledger.is_file() else []:
+            if line.strip():
+                self.keep(json.loads(line))
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.keep(row)
         report = {"round": row["round"], "sim_time_s": row["sim_time_s"], **self.last}
         stem = self.metric.removeprefix("final_")
         report[self.metric] = report.get(stem, row.get(stem, math.nan))

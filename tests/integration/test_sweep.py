@@ -169,10 +169,13 @@ def test_sweep_input_errors_are_one_line_and_write_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: [unclosed\n")
     assert_user_error(cli("sweep", bad), "sweep")
+    one_cpu = tmp_path / "one-cpu.yaml"  # whatever this machine has: a local Ray of one CPU
+    one_cpu.write_text("name: one-cpu\nnum_cpus: 1\n")
     big = _write(tmp_path, {"name": "big", "scenario": str(ROOT / "scenarios" / "quickstart.yaml"),
-                            "grid": {"peft.r": [4]}, "trial": {"workers": 3}})
+                            "set": {"runtime.cluster": str(one_cpu)}, "grid": {"peft.r": [4]},
+                            "trial": {"workers": 2}})
     line = assert_user_error(cli("sweep", big, "--out", tmp_path / "big"), "trial.workers")
-    assert "one trial needs 3 CPUs" in line and not (tmp_path / "big").exists()
+    assert "one trial needs 2 CPUs" in line and not (tmp_path / "big").exists()
     other = tmp_path / "other"
     (other / "notes.txt").parent.mkdir()
     (other / "notes.txt").write_text("mine")
@@ -181,4 +184,14 @@ def test_sweep_input_errors_are_one_line_and_write_nothing(tmp_path):
     before = snapshot(other)
     assert "holds no sweep" in assert_user_error(cli("sweep", small, "--out", other), "--out")
     assert snapshot(other) == before
+    # the same sweep file over an edited base scenario is another sweep: not resumed into the old directory
+    base = tmp_path / "base.yaml"
+    base.write_text((ROOT / "scenarios" / "quickstart.yaml").read_text())
+    edited = _write(tmp_path, {"name": "edited", "scenario": str(base), "mode": "estimate",
+                               "set": {"server.rounds": 2}, "grid": {"peft.r": [4]}})
+    assert cli("sweep", edited, "--out", tmp_path / "e", "--quiet").returncode == 0
+    before = snapshot(tmp_path / "e")
+    base.write_text(base.read_text().replace("seed: ", "seed: 1", 1))
+    assert "holds a different sweep" in assert_user_error(cli("sweep", edited, "--out", tmp_path / "e"), "--out")
+    assert snapshot(tmp_path / "e") == before
 

@@ -229,7 +229,7 @@ def test_launcher_nodes_run_one_ray_and_python_and_gpu_workers_get_the_cuda_imag
 
 def _install_steps(commands: list[str], mount: str) -> tuple[int, int, str]:
     torch = [i for i, c in enumerate(commands) if "pip install" in c and _torch_pin() in c.split()]
-    fedsim = [i for i, c in enumerate(commands) if re.search(rf"pip install\b.*\s(-e\s+)?{re.escape(mount)}(\[[a-z,]+\])?/?(\s|$)", c)]
+    fedsim = [i for i, c in enumerate(commands) if re.search(rf"pip install\b.*\s(-e\s+)?{re.escape(mount)}(\"?\[[a-z,]+\]\"?)?/?(\s|$)", c)]
     assert torch, f"{_torch_pin()} is not installed: {commands}"
     assert fedsim, f"fedsim ({mount}) is not installed: {commands}"
     return torch[0], fedsim[0], commands[torch[0]]

@@ -56,7 +56,7 @@ def test_a_search_runs_num_samples_trials(tmp_path):
     ({"random": {"training.lr": {"quniform": [0.1, 0.5, 0]}}}, "random.training.lr.quniform", "positive quantum"),
     ({"grid": {"runtime.cluster": ["local", "clusters/single-node-gpus.yaml"]}}, "runtime.cluster", "cannot vary"),
     ({"search": "optuna", "seeds": [1, 2], "random": {"peft.r": {"choice": [4, 8]}}}, "seeds", "optimise over"),
-    ({"grid": {"peft.r": [4]}, "figures": [{"x": "peft.r", "y": "bytes_upp"}]}, "figures", "not a column"),
+    ({"grid": {"peft.r": [4]}, "figures": [{"x": "peft.r", "y": "bytes_upp"}]}, "figures", "not a number fedsim draws"),
 ])
 def test_bad_sweeps_name_the_key(tmp_path, body, key, words):
     with pytest.raises(ConfigError) as err:
@@ -90,4 +90,14 @@ def test_a_randint_upper_end_is_excluded_and_a_grid_may_complete_the_base(tmp_pa
     cfg = load_sweep(_sweep(tmp_path, random={"population.dropout": {"randint": [0, 2]}},
                             grid={"peft.r": [4, 8]}, seeds=[3]))
     assert first_point(cfg) == {"peft.r": 4, "population.dropout": 0, "seed": 3}
+    # a base invalid alone (8 clients per round of 4) that every trial's grid value makes whole
+    whole = load_sweep(_sweep(tmp_path, set={"population.num_clients": 4},
+                              random={"server.over_selection": {"uniform": [1.0, 1.2]}},
+                              grid={"server.clients_per_round": [2, 3]}))
+    assert whole.num_trials() == 2
+    with pytest.raises(ConfigError, match="exceeds population.num_clients 4"):
+        load_sweep(_sweep(tmp_path, set={"population.num_clients": 4}, grid={"server.clients_per_round": [2, 8]}))
+    assert ends("quniform", [0.05, 0.5, 0.1]) == pytest.approx([0.1, 0.5])
+    with pytest.raises(ConfigError, match="no multiple of 1"):
+        load_sweep(_sweep(tmp_path, random={"training.lr": {"quniform": [0.1, 0.5, 1]}}))
 
