@@ -18,14 +18,17 @@ from fedsim.sweeps.config import ROUND_METRICS, FigureConfig, SweepConfig
 DEFAULT_Y = ("sim_time_s", "bytes_up", "energy_kwh")  # drawn against every swept key, after the sweep's metric
 
 
+def scalars(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary's single numbers, strings and flags (not its per-device tables or timeline)."""
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
 def collect(cfg: SweepConfig, grid, out: Path) -> pd.DataFrame:
     """One row per trial of Tune's ResultGrid: trial_id, status (completed | stopped: a scheduler ended it
     early | error), its swept values (columns named by their dotted keys), the round it reached, and the
     numbers of its run directory's summary.json (for a stopped trial: only what it last reported), and its
     newest train and eval loss. Written
     atomically to OUT/sweep.parquet, ordered by the swept values."""
-    from fedsim.sweeps.runner import scalars
-
     rows = []
     for result in grid:
         metrics = dict(result.metrics or {})

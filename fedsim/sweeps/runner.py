@@ -30,6 +30,7 @@ from ray import tune  # noqa: E402 - the sweep's runtime: only `fedsim sweep` im
 
 from fedsim.errors import ConfigError
 from fedsim.sweeps.config import SweepConfig, first_point, load_sweep
+from fedsim.sweeps.results import scalars
 
 STATE = "sweep.yaml"  # the resolved sweep in OUT: a second run of a different sweep into OUT is refused
 TUNE_DIR = "tune"
@@ -83,7 +84,7 @@ def sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
         print(f"fedsim sweep: interrupted with {len(grid) - unfinished} of {len(grid)} trials finished; the same "
               f"command resumes it", file=sys.stderr)
         raise KeyboardInterrupt
-    from fedsim.sweeps.results import collect, draw
+    from fedsim.sweeps.results import collect, draw  # (matplotlib, pandas: only once the trials are done)
 
     table = collect(cfg, grid, out)
     figures = draw(cfg, table, out / "figures")
@@ -259,11 +260,6 @@ class _RoundReporter:
         stem = self.metric.removeprefix("final_")
         report[self.metric] = report.get(stem, row.get(stem, math.nan))
         tune.report(report)
-
-
-def scalars(summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary's single numbers, strings and flags (not its per-device tables or timeline)."""
-    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
 class _Progress(tune.Callback):
