@@ -11,8 +11,11 @@ optimizer, as the plain engine creates one per client, without rebuilding the en
 `fedsim.models.local.train_client` runs the same batches, seeds and objective terms as the plain engine.
 
 Results: float32 on CPU reproduces the plain engine's bits at ZeRO 0-2; ZeRO-3 sums some gradient contributions
-in another order (1-ulp differences, ~1e-7 on the adapter after a run). bfloat16 trains with DeepSpeed's fp32
-master weights (mixed precision), where the plain engine updates bf16 weights: results differ by design.
+in another order (1-ulp differences, ~1e-7 on the adapter after a run). With a bfloat16 base peft keeps the adapter
+in float32, so DeepSpeed trains float32 parameters as the plain engine does (its bf16 mode, with its own fp32
+masters, would need a 16-bit adapter: `training.master_weights`, the plain engine's, is refused here).
+`training.loss` chunked runs as under the plain engine (`fedsim.models.loss`: under ZeRO-3 it reads the LM head's
+weight while the head has it gathered).
 
 Cost (`benchmarks/deepspeed_engine.py`, tiny model, quickstart's 5 steps of batch 8, one thread on a shared 2-core
 CPU, three runs): building the engine, once per worker, ~0.2 s at ZeRO-0 and 1.2-2.2 s at ZeRO 1-3, no JIT-built
@@ -65,6 +68,13 @@ def check(s: Scenario) -> None:
     if s.server.strategy == "fedkseed":
         raise ConfigError("runtime.engine", "FedKSeed's clients take forward-only zeroth-order steps without an "
                                             "optimizer: DeepSpeed has no step to run (use runtime.engine torch)")
+    if s.training.optimizer == "adamw8bit":
+        raise ConfigError("training.optimizer", "adamw8bit is not run through DeepSpeed here (its quantized state "
+                                                "cannot be reset per client in place): use adamw, or runtime.engine "
+                                                "torch")
+    if s.training.master_weights:
+        raise ConfigError("training.master_weights", "is the plain engine's fp32 master copy; DeepSpeed keeps its "
+                                                     "own for a bfloat16 model: use runtime.engine torch")
 
 
 def check_dtype(dtype: str, stage: int) -> None:
@@ -178,23 +188,26 @@ class DeepSpeedModel(LocalModel):
                     slots[key] = 0
         for group in inner.param_groups:
             group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
-        return DeepSpeedStep(self)
+        return DeepSpeedStep(self, cfg)
 
 
 class DeepSpeedStep:
     """`fedsim.models.local.TorchStep`'s interface over the engine: engine forward, `engine.backward`, the extra
     terms' gradients and the gradient shift added to DeepSpeed's (possibly partitioned) gradients, `engine.step`."""
 
-    def __init__(self, lm: DeepSpeedModel):
-        self.lm = lm
+    def __init__(self, lm: DeepSpeedModel, cfg: TrainingConfig):
+        self.lm, self.cfg = lm, cfg
 
     def weights(self) -> list:
         """The trained tensors at full size (fp32 master copies, detached): what FedProx anchors to."""
         return [self.lm._master(p) for p in self.lm.params]
 
     def loss(self, input_ids, labels):
-        """The task loss of one batch, through the engine (ZeRO-3 gathers each layer's parameters as it runs)."""
-        return self.lm.engine(input_ids=input_ids, labels=labels).loss
+        """The task loss of one batch (`training.loss`), through the engine (ZeRO-3 gathers each layer's
+        parameters as it runs, the LM head's too while the chunked loss reads it)."""
+        from fedsim.models.loss import task_loss
+
+        return task_loss(self.lm.engine, input_ids, labels, self.cfg)
 
     def step(self, loss, extra=None, shift: list | None = None) -> None:
         """engine.backward(loss); add the gradients of `extra(weights)`'s terms (computed on full fp32 copies:
@@ -234,11 +247,11 @@ def deepspeed_model(lm: LocalModel, s: Scenario) -> DeepSpeedModel:
         deepspeed.ops.__compatible_ops__[shm.NAME] = False  # JIT build (~50 s on first use; DeepSpeed allows this)
     t, dtype = s.training, str(lm.params[0].dtype).removeprefix("torch.")
     check_dtype(dtype, s.runtime.deepspeed.zero_stage)
-    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.SGD
+    opt_cls = torch.optim.SGD if t.optimizer == "sgd" else torch.optim.AdamW  # adamw8bit: refused by `check`
     with contextlib.redirect_stdout(io.StringIO()) as printed:  # DeepSpeed prints its op builds
         engine, _, _, _ = deepspeed.initialize(
             model=lm.model, model_parameters=lm.params, config=ds_config(s, dtype),
             optimizer=opt_cls(lm.params, lr=t.lr, weight_decay=t.weight_decay))
     logging.getLogger(__name__).debug("deepspeed.initialize: %s", printed.getvalue().strip())
-    return DeepSpeedModel(lm.model, lm.names, lm.params, lm.device, engine, s.runtime.deepspeed.zero_stage,
-                          time.perf_counter() - start)
+    return DeepSpeedModel(lm.model, lm.names, lm.params, lm.device, engine=engine,
+                          stage=s.runtime.deepspeed.zero_stage, init_s=time.perf_counter() - start)

@@ -21,16 +21,23 @@ if TYPE_CHECKING:
 
 @dataclass
 class LocalModel:
-    """A PEFT-wrapped model plus its trainable parameters in a fixed (name-sorted) order."""
+    """A PEFT-wrapped model plus its trainable parameters in a fixed (name-sorted) order.
+
+    `master`: with `training.master_weights` and a 16-bit model, an fp32 copy of each trained parameter (same
+    order), the weights the optimizer updates (mixed precision, Micikevicius et al. 2018); the state read and
+    written is the master's. None otherwise: the parameters are their own master.
+    """
 
     model: object
     names: list[str]
     params: list  # torch.nn.Parameter, same order as names
     device: str = "cpu"
+    master: list | None = None  # fp32 tensors, same order as params
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """Current adapter weights as float32 numpy arrays."""
-        return {n: p.detach().float().cpu().numpy().copy() for n, p in zip(self.names, self.params)}
+        """Current adapter weights (the fp32 masters where there are) as float32 numpy arrays."""
+        weights = self.master if self.master is not None else self.params
+        return {n: p.detach().float().cpu().numpy().copy() for n, p in zip(self.names, weights)}
 
     def batch(self, rows: np.ndarray):
         """int32 numpy rows -> a long tensor on the model's device."""
@@ -45,12 +52,15 @@ class LocalModel:
         return torch.from_numpy(np.array(values, dtype=np.float32)).to(self.device)
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        """Load adapter weights (in place, no re-allocation)."""
+        """Load adapter weights (in place, no re-allocation), into the fp32 masters too where there are."""
         import torch
 
         with torch.no_grad():
-            for n, p in zip(self.names, self.params):
-                p.copy_(torch.from_numpy(np.array(state[n], dtype=np.float32)))  # a copy: object-store arrays are read-only
+            for i, (n, p) in enumerate(zip(self.names, self.params)):
+                value = torch.from_numpy(np.array(state[n], dtype=np.float32))  # a copy: object-store arrays are
+                p.copy_(value)  # read-only
+                if self.master is not None:
+                    self.master[i].copy_(value)
 
     def local_step(self, cfg: TrainingConfig, state: dict[str, np.ndarray]) -> TorchStep:
         """Start one client's local training from `state`: the plain engine, a fresh torch optimizer."""
@@ -63,51 +73,84 @@ class LocalModel:
         return contextlib.nullcontext()
 
 
-class TorchStep:
-    """The plain engine's optimizer step: loss + extra terms, backward, gradient shift, a torch optimizer step.
+def make_optimizer(cfg: TrainingConfig, params: list, device: str):
+    """A fresh optimizer of `params` for `cfg.optimizer` on `device`: torch's AdamW or SGD, or for adamw8bit
+    bitsandbytes' AdamW8bit (block-wise 8-bit moments, Dettmers et al. 2022, "8-bit Optimizers via Block-wise
+    Quantization"; it keeps tensors under 4096 elements in 32-bit) where `fedsim.models.device.optimizer_for` says
+    it runs (a GPU with bitsandbytes), torch's AdamW otherwise."""
+    import torch
 
-    One per client (`LocalModel.local_step`): AdamW or SGD per `cfg.optimizer`, created fresh, so no optimizer
-    state carries over from one client to the next. `fedsim.models.deepspeed_step.DeepSpeedModel` runs the same
-    steps through a DeepSpeed engine.
+    from fedsim.models.device import importable, optimizer_for
+
+    name, _ = optimizer_for(cfg.optimizer, device, importable("bitsandbytes"))
+    if name == "adamw8bit":
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
+    return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class TorchStep:
+    """The plain engine's optimizer step: loss + extra terms, backward, gradient shift, an optimizer step.
+
+    One per client (`LocalModel.local_step`): the optimizer of `cfg.optimizer` (`make_optimizer`), created fresh,
+    so no optimizer state carries over from one client to the next; the loss of `cfg.loss`
+    (`fedsim.models.loss.task_loss`). With fp32 masters (`LocalModel.master`) the 16-bit gradients are upcast into
+    them, the optimizer updates the masters and they are copied back into the 16-bit parameters after every step
+    (Micikevicius et al. 2018; no loss scaling: bfloat16 gradients need none, float16 ones may underflow).
+    `fedsim.models.deepspeed_step.DeepSpeedModel` runs the same steps through a DeepSpeed engine.
     """
 
-    def __init__(self, lm: LocalModel, cfg: TrainingConfig, state: dict[str, np.ndarray]):
-        import torch
-
-        lm.set_state(state)
-        self.lm = lm
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.SGD
-        self.opt = opt_cls(lm.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    def __init__(self, lm: LocalModel, cfg: TrainingConfig, state: dict[str, np.ndarray] | None):
+        if state is not None:  # None: keep the weights the model holds
+            lm.set_state(state)
+        self.lm, self.cfg = lm, cfg
+        self.targets = lm.master if lm.master is not None else lm.params  # what the optimizer updates
+        self.opt = make_optimizer(cfg, self.targets, lm.device)
 
     def weights(self) -> list:
         """The trained tensors as the objective sees them (name order): the live parameters."""
         return self.lm.params
 
     def loss(self, input_ids, labels):
-        """The task loss of one batch."""
-        return self.lm.model(input_ids=input_ids, labels=labels).loss
+        """The task loss of one batch (`training.loss`: transformers' own, or chunked and fused with the head)."""
+        from fedsim.models.loss import task_loss
+
+        return task_loss(self.lm.model, input_ids, labels, self.cfg)
 
     def step(self, loss, extra=None, shift: list | None = None) -> None:
         """Backward of loss + the terms `extra(weights)` returns, add `shift` (one tensor per parameter) to the
-        gradients, one optimizer step."""
+        gradients, one optimizer step (of the fp32 masters, copied back, where there are)."""
+        import torch
+
         objective = loss
         for term in extra(self.lm.params) if extra is not None else []:
             objective = objective + term
         objective.backward()
-        for p, c in zip(self.lm.params, shift or []):
+        if self.lm.master is not None:
+            for p, m in zip(self.lm.params, self.lm.master):
+                m.grad, p.grad = (None if p.grad is None else p.grad.float()), None
+        for p, c in zip(self.targets, shift or []):
             p.grad.add_(c.to(p.grad.dtype))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.lm.master is not None:
+            with torch.no_grad():
+                for p, m in zip(self.lm.params, self.lm.master):
+                    p.copy_(m)
 
 
 def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32", checkpointing: bool = False,
                      where: Placement | None = None) -> LocalModel:
     """Load the base model ONCE and wrap it with the scenario's LoRA config (adapter initialised by peft).
 
-    `where` (fedsim.models.device.Placement: device, dtype, quantized base) decides where it trains; without it,
-    on the GPU when one is visible (Ray sets CUDA_VISIBLE_DEVICES for actors that reserve `num_gpus`), in
-    `dtype` ("auto": bfloat16 on a GPU that has it, float32 otherwise). On a GPU, torch's deterministic
-    algorithms are on: 1 and N workers give the same bits there too.
+    `where` (fedsim.models.device.Placement: device, dtype, quantized base, attention kernel, master weights)
+    decides where and how it trains; without it, on the GPU when one is visible (Ray sets CUDA_VISIBLE_DEVICES for
+    actors that reserve `num_gpus`), in `dtype` ("auto": bfloat16 on a GPU that has it, float32 otherwise), with
+    sdpa attention. On a GPU, torch's deterministic algorithms are on: 1 and N workers give the same bits there too.
+    peft keeps a 16-bit model's adapter in float32; with `where.master_weights` it stays in the model's dtype and
+    `LocalModel.master` holds an fp32 copy (Micikevicius et al. 2018); a float32 model is unchanged by it.
     """
     import torch
     from peft import get_peft_model
@@ -131,12 +174,24 @@ def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(base, peft_config(peft_cfg))
+    model = get_peft_model(base, peft_config(peft_cfg), autocast_adapter_dtype=not where.master_weights)
     freeze_for_federation(model, peft_cfg)  # FFA-LoRA: A stays at its seeded initialisation, identical everywhere
     if where.quantization == "none":  # a bitsandbytes base is placed on its GPU as it loads
         model.to(where.device)
     named = sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
-    return LocalModel(model, [n for n, _ in named], [p for _, p in named], where.device)
+    params = [p for _, p in named]
+    return LocalModel(model, [n for n, _ in named], params, where.device,
+                      master_copies(params) if where.master_weights else None)
+
+
+def master_copies(params: list) -> list | None:
+    """fp32 master copies of the trained parameters (Micikevicius et al. 2018), or None when they are fp32
+    already (a float32 model, or peft's fp32 adapter on a quantized base): they are their own master."""
+    import torch
+
+    if all(p.dtype == torch.float32 for p in params):
+        return None
+    return [p.detach().float().clone() for p in params]
 
 
 def proximal_term(params: list, anchors: list, mu: float):

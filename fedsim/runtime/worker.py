@@ -59,8 +59,9 @@ class Worker:
         # (the target modules were checked on the meta-device model before Ray started: fedsim.models.shapes)
         from fedsim.models.device import local_placement
 
-        # device, dtype and quantized base for the hardware this worker sees (fedsim.models.device)
-        self.where = local_placement(self.s.runtime, self.s.model)
+        # device, dtype, quantized base, attention kernel, optimizer and master weights for the hardware this worker
+        # sees (fedsim.models.device)
+        self.where = local_placement(self.s.runtime, self.s.model, self.s.training)
         self.lm = load_local_model(model_dir, self.s.peft, checkpointing=self.s.training.gradient_checkpointing,
                                    where=self.where)
         if self.s.runtime.engine == "deepspeed":  # one engine per worker, reused by every client it trains
@@ -94,8 +95,9 @@ class Worker:
             raise WorkerUnusable(self.error[1])
 
     def placement(self) -> tuple[dict[str, str], tuple[str, ...]]:
-        """What this worker trains with (summary.json's train_device, train_dtype, base_quantization) and what
-        of the scenario it could not honour, one line each (said once by the driver)."""
+        """What this worker trains with (summary.json's train_device, train_dtype, base_quantization,
+        train_attention, train_optimizer) and what of the scenario it could not honour, one line each (said once
+        by the driver)."""
         self._check()
         return self.where.facts(), self.where.notes
 

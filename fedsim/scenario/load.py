@@ -262,12 +262,16 @@ def _check_strategy(s: Scenario) -> None:
         raise ConfigError("server.clip_norm", "the server cannot clip updates it only sees masked (secure "
                                               "aggregation); use privacy.dp.clip_norm, applied by the clients")
     from fedsim.costs import ranks
-    from fedsim.models import deepspeed_step
+    from fedsim.models import deepspeed_step, loss
     from fedsim.strategies import fedkseed
 
     ranks.check(s)
     fedkseed.check(s)
     deepspeed_step.check(s)
+    loss.check(s)
+    if s.training.master_weights and sv.strategy == "fedkseed":
+        raise ConfigError("training.master_weights", "does not apply to FedKSeed's zeroth-order steps: no optimizer "
+                                                     "updates the weights")
 
 
 def load_cluster(name: str) -> ClusterSpec:

@@ -106,9 +106,28 @@ class TrainingConfig:
     batch_size: PosInt = 8
     seq_len: Annotated[int, Field(ge=8)] = 48
     lr: PosFloat = 3e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    # adamw: fp32 moments (8 B per trained parameter); adamw8bit: bitsandbytes' block-wise 8-bit moments (Dettmers
+    # et al. 2022, "8-bit Optimizers via Block-wise Quantization"; ~2 B; a worker without a GPU or bitsandbytes
+    # trains with adamw and says so; not with runtime.engine deepspeed); sgd: no state
+    optimizer: Literal["adamw", "adamw8bit", "sgd"] = "adamw"
     weight_decay: NonNegFloat = 0.0
     gradient_checkpointing: bool = False
+    # The attention kernel: eager materialises the softmax scores (b x heads x s x s); sdpa (torch's fused
+    # scaled_dot_product_attention, transformers' default) and flash (FlashAttention-2 on CUDA) keep only the
+    # output and the log-sum-exp and recompute the scores in backward (Dao 2023); a worker without a GPU, the
+    # flash_attn package or a 16-bit train dtype runs sdpa for flash and says so
+    attention: Literal["eager", "sdpa", "flash"] = "sdpa"
+    # full: the LM head's logits for every token, upcast to fp32, with their gradient (transformers' loss);
+    # chunked: the cross-entropy fused with a frozen LM head over `loss_chunks` slices of the tokens, gradients
+    # computed slice by slice in the forward (as Liger-Kernel's fused linear cross-entropy, Hsu et al. 2024):
+    # logits never whole; refused when peft trains the LM head. loss_chunks: slices of the batch's tokens (chunked)
+    loss: Literal["full", "chunked"] = "full"
+    loss_chunks: PosInt = 8
+    # Mixed-precision master weights: with a 16-bit model, the trained parameters and their gradients are 16-bit
+    # and the optimizer updates an fp32 master copy, copied back after each step (Micikevicius et al. 2018; no loss
+    # scaling); False: peft's default, trained parameters in fp32 (no master copy needed). No effect on a float32
+    # model; runtime.engine torch only
+    master_weights: bool = False
     # FedProx (Li et al. 2020): mu/2 ||w - w_global||^2 added to every client's local objective; 0 = FedAvg
     proximal_mu: NonNegFloat = 0.0
     # FedKSeed (Qin et al. 2024, server.strategy fedkseed): K shared seeds (the paper's K = 4096) and the

@@ -135,15 +135,16 @@ def _one_worker(overrides: dict) -> dict:
             "moved": max(float(np.abs(v).max()) for v in deltas[0]["delta"].values())}
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_one_engine_per_worker_a_fresh_optimizer_per_client_and_the_same_objective(stage):
+@pytest.mark.parametrize("stage, loss", [(2, "full"), (3, "full"), (3, "chunked")])
+def test_one_engine_per_worker_a_fresh_optimizer_per_client_and_the_same_objective(stage, loss):
     """The worker builds its engine once; a client trained again after another one gets the same update (no
     optimizer moment or step count carried over); ZeRO-3 holds the parameters partitioned between steps; FedProx's,
-    SCAFFOLD's and a regulariser's terms change the update as they do under the plain engine."""
+    SCAFFOLD's and a regulariser's terms change the update as they do under the plain engine; the chunked loss reads
+    the LM head's weight while ZeRO-3 has gathered it."""
     ray.init(num_cpus=1, include_dashboard=False)
     try:
-        one = ray.get(ray.remote(max_calls=1)(_one_worker).remote(
-            ZERO3 if stage == 3 else {"runtime.engine": "deepspeed", "runtime.deepspeed.zero_stage": stage}))
+        engine = ZERO3 if stage == 3 else {"runtime.engine": "deepspeed", "runtime.deepspeed.zero_stage": stage}
+        one = ray.get(ray.remote(max_calls=1)(_one_worker).remote({**engine, "training.loss": loss}))
     finally:
         ray.shutdown()
     assert one["engine"] == "DeepSpeedEngine" and one["reused"] and one["repeated"] and one["moved"] > 1e-3

@@ -42,6 +42,8 @@ def test_the_engine_defaults_to_torch_and_the_deepspeed_config_follows_the_scena
      "runtime.deepspeed.zero_stage", "use ZeRO stage 1, 2 or 3"),
     (QUICKSTART, {"runtime.engine": "megatron"}, "runtime.engine", "torch"),
     (ROOT / "scenarios" / "peft" / "fedkseed.yaml", DS, "runtime.engine", "forward-only"),
+    (QUICKSTART, {**DS, "training.optimizer": "adamw8bit"}, "training.optimizer", "use adamw"),
+    (QUICKSTART, {**DS, "training.master_weights": True}, "training.master_weights", "DeepSpeed keeps its own"),
 ])
 def test_bad_combinations_are_one_line_config_errors(scenario, overrides, path, words):
     with pytest.raises(ConfigError) as err:

@@ -1,10 +1,11 @@
-"""Where a worker trains: device, dtype and quantized base from the scenario and the worker's hardware."""
+"""Where a worker trains: device, dtype, quantized base, attention kernel, optimizer and master weights from the
+scenario and the worker's hardware."""
 
 import pytest
 
 from fedsim.errors import ConfigError
-from fedsim.models.device import placement
-from fedsim.scenario.schema import ModelConfig, RuntimeConfig
+from fedsim.models.device import load_kwargs, placement
+from fedsim.scenario.schema import ModelConfig, RuntimeConfig, TrainingConfig
 
 QLORA = ModelConfig(name="llama-2-7b", quantization="nf4")
 
@@ -37,7 +38,8 @@ def test_quantized_base_needs_bitsandbytes_on_a_gpu(cuda, bnb, quant, why):
     assert p.quantization == quant
     if why is None:
         assert not p.notes and p.facts() == {"train_device": "cuda", "train_dtype": "bfloat16",
-                                             "base_quantization": "nf4"}
+                                             "base_quantization": "nf4", "train_attention": "sdpa",
+                                             "train_optimizer": "adamw"}
     else:
         assert len(p.notes) == 1 and why in p.notes[0] and "still books nf4" in p.notes[0]
 
@@ -50,3 +52,38 @@ def test_int8_base_from_runtime_overrides_the_models_booking():
 def test_cuda_asked_where_no_gpu_is_visible_is_a_config_error():
     with pytest.raises(ConfigError, match="runtime.device: cuda, but this worker sees no GPU"):
         placement(RuntimeConfig(device="cuda"), ModelConfig(), cuda=False, bf16=False, bnb=False)
+
+
+FLASH, EIGHT_BIT = TrainingConfig(attention="flash"), TrainingConfig(optimizer="adamw8bit")
+
+
+@pytest.mark.parametrize("training, cuda, bnb, flash, expected, why", [
+    (TrainingConfig(), False, False, False, ("sdpa", "adamw"), None),  # the defaults
+    (TrainingConfig(attention="eager", optimizer="sgd"), False, False, False, ("eager", "sgd"), None),
+    (FLASH, True, False, True, ("flash", "adamw"), None),  # a GPU with flash_attn, bfloat16 (auto)
+    (FLASH, False, False, True, ("sdpa", "adamw"), "(no GPU): training with sdpa"),
+    (FLASH, True, False, False, ("sdpa", "adamw"), "flash_attn is not installed"),
+    (EIGHT_BIT, True, True, False, ("sdpa", "adamw8bit"), None),
+    (EIGHT_BIT, False, True, False, ("sdpa", "adamw"), "(no GPU): training with torch's AdamW"),
+    (EIGHT_BIT, True, False, False, ("sdpa", "adamw"), "bitsandbytes is not installed"),
+])
+def test_attention_and_optimizer_follow_the_hardware_and_are_recorded(training, cuda, bnb, flash, expected, why):
+    p = placement(RuntimeConfig(), ModelConfig(), cuda, bf16=True, bnb=bnb, training=training, flash=flash)
+    assert (p.attention, p.optimizer) == expected
+    assert (p.facts()["train_attention"], p.facts()["train_optimizer"]) == expected
+    assert (len(p.notes) == 1 and why in p.notes[0]) if why else not p.notes
+    assert load_kwargs(p)["attn_implementation"] == {"flash": "flash_attention_2"}.get(expected[0], expected[0])
+
+
+def test_flash_attention_needs_a_16_bit_dtype():
+    p = placement(RuntimeConfig(train_dtype="float32"), ModelConfig(), cuda=True, bf16=True, bnb=False,
+                  training=FLASH, flash=True)
+    assert p.attention == "sdpa" and "16-bit only, the train dtype is float32" in p.notes[0]
+
+
+@pytest.mark.parametrize("dtype, asked, master", [("bfloat16", True, True), ("float16", True, True),
+                                                  ("float32", True, False), ("bfloat16", False, False)])
+def test_master_weights_only_for_a_16_bit_model(dtype, asked, master):
+    p = placement(RuntimeConfig(train_dtype=dtype), ModelConfig(), cuda=False, bf16=False, bnb=False,
+                  training=TrainingConfig(master_weights=asked))
+    assert p.master_weights == master and not p.notes
