@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--gpus", type=int, default=0, help="also size DeepSpeed ZeRO model states over this many GPUs")
     c.add_argument("--zero", type=int, default=3, choices=(0, 2, 3), help="ZeRO stage for --gpus")
     c.add_argument("--offload", action="store_true", help="ZeRO optimizer offload to CPU for --gpus")
+    c.add_argument("--trace", action="store_true", help="trace one real training step on fake tensors (FLOPs and "
+                                                        "peak memory, by part and layer; cached, and used by "
+                                                        "estimate mode from then on)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     scenario_cmd("validate", "check a scenario and print it fully resolved")
     rep = sub.add_parser("report", help="write RUN_DIR/report.html (timeline, round times, loss, costs)")
@@ -82,6 +85,8 @@ def _print_cost(report: dict) -> None:
 
     table = Table(title=f"fedsim cost: {report['model']} on {report['device']['name']} ({report['device']['network']})",
                   show_header=False)
+    table.add_row("cost model", "traced (a cached trace of this step)" if report["cost_model"] == "traced"
+                  else "analytic (fedsim cost --trace traces the step)")
     for key in ("model_params", "trainable_params", "flops_per_step", "flops_per_client_round"):
         table.add_row(key, f"{report[key]:.4g}")
     for key in ("adapter_bytes", "upload_bytes", "memory_bytes"):
@@ -95,9 +100,38 @@ def _print_cost(report: dict) -> None:
     for key in ("t_download_s", "t_compute_s", "t_upload_s", "round_time_s"):
         table.add_row(key, human_time(dev[key]))
     table.add_row("energy per round", f"{dev['energy_j']:.4g} J ({dev['co2_g']:.3g} g CO2)")
+    table.add_row("implied throughput", f"{dev['tokens_per_s']:.4g} tokens/s at {dev['efficiency']:.0%} of "
+                                        f"{dev['peak_flops']:.4g} FLOP/s (catalog efficiency)")
     if "zero" in report:
         z = report["zero"]
         table.add_row(f"ZeRO-{z['stage']} x{z['gpus']} GPUs", human_bytes(z["model_state_bytes_per_gpu"]) + " per GPU")
+    Console().print(table)
+    if "trace" in report:
+        _print_trace(report)
+
+
+def _print_trace(report: dict) -> None:
+    """The traced step's peak by part (beside the analytic model's) and the activations each layer held."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedsim.metrics.console import human_bytes
+
+    tr, analytic = report["trace"], report.get("analytic_memory_breakdown", {})
+    table = Table(title=f"traced step ({tr['seconds']:.1f} s to trace): peak {human_bytes(tr['peak_bytes'])} "
+                        f"during {tr['peak_phase']}; {tr['flops']:.4g} FLOPs ({tr['forward_flops']:.4g} forward)")
+    for col in ("part", "traced", "analytic"):
+        table.add_column(col, justify="left" if col == "part" else "right")
+    parts = list(dict.fromkeys([*tr["parts"], *(k for k in analytic if k != "overhead")]))
+    for part in parts:
+        table.add_row(part, human_bytes(tr["parts"].get(part, 0.0)), human_bytes(analytic.get(part, 0.0)))
+    table.add_row("total (no overhead)", human_bytes(tr["peak_bytes"]),
+                  human_bytes(sum(v for k, v in analytic.items() if k != "overhead")))
+    layers = {k: v for k, v in tr["layers"].items() if k.startswith("layer ")}
+    if layers:
+        sizes = sorted(set(layers.values()))
+        table.add_row("activations by layer", f"{len(layers)} layers, {human_bytes(sizes[0])}"
+                      + (f" to {human_bytes(sizes[-1])}" if len(sizes) > 1 else " each"), "")
     Console().print(table)
 
 
@@ -187,8 +221,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fedsim.cost import client_cost
         from fedsim.scenario import load
 
-        report = client_cost(load(args.scenario, args.overrides), args.device, args.network, args.gpus,
-                             args.zero, args.offload)
+        scenario = load(args.scenario, args.overrides)
+        traced = None
+        if args.trace:
+            from fedsim.costs.traced import scenario_setup
+            from fedsim.models.trace import trace
+
+            traced = trace(scenario_setup(scenario))
+        report = client_cost(scenario, args.device, args.network, args.gpus, args.zero, args.offload)
+        if traced is not None:
+            report["trace"] = traced.as_dict()
         print(json.dumps(report, indent=2)) if args.json else _print_cost(report)
         return 0
     if args.command == "estimate":

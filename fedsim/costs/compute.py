@@ -6,11 +6,15 @@ attention score/value matmuls (QK^T and AV, each 2*s*d_attn per token per layer,
 as dense kernels compute it):
 
 - forward: 2*N_mm + 2*N_p + A (LoRA; the other PEFT families: `adapter_flops_per_token`, `step_flops`)
-- backward, frozen base (PEFT): activation gradients through every layer 2*N_mm + 2*A, PEFT input and weight
-  gradients 4*N_p (2*N_p for adapter weights that are not trained, FFA-LoRA's A) -- the base weight-gradient
-  pass (another 2*N_mm) is skipped;
-- backward, full fine-tuning: 4*N_mm + 2*A;
-- activation checkpointing recomputes one forward.
+- backward, frozen base (PEFT): activation gradients through every layer 2*N_mm + 2*A (2.5*A with a fused
+  attention kernel, which recomputes the scores), PEFT input and weight gradients 4*N_p (2*N_p for adapter
+  weights that are not trained, FFA-LoRA's A) -- the base weight-gradient pass (another 2*N_mm) is skipped;
+- backward, full fine-tuning: 4*N_mm + 2*A (2.5*A fused);
+- activation checkpointing recomputes the decoder layers' forward (not the LM head; see
+  `recompute_flops_per_token`).
+
+These are the counts torch's FlopCounterMode makes of a traced step (`fedsim.models.trace`; attention dense over
+the causal square, as it counts); the calibration test holds them within 5% of it.
 
 The first decoder layer reads the frozen embeddings, so with PEFT its linears whose input does not depend on
 a trainable parameter (always q/k/v; o and the MLP too when no earlier module is adapted) need no input
@@ -44,6 +48,29 @@ class ModelShape:
     virtual_tokens: int = 0  # prompt / P-tuning: tokens prepended to every sequence; prefix: keys per layer
     n_adapter_frozen: int = 0  # adapter parameters in the compute path but not trained (FFA-LoRA's A)
     shared_tensors: tuple[int, ...] | None = None  # sizes of the trained tensors that travel (None: all of them)
+    num_kv_heads: int = 0  # grouped-query attention's key/value heads (0: as many as query heads)
+    intermediate_size: int = 0  # the MLP's inner width (0: 4 x hidden, GPT-style)
+    adapted: tuple[str, ...] = ()  # short names of the modules the PEFT method adapts in a decoder layer
+    quant_rows: int = 0  # output rows of the quantizable linears (LLM.int8 keeps one fp32 scale per row)
+    n_last_frozen: int = 0  # parameters of the last linear of every layer when frozen (down_proj): not recomputed
+    rank: int = 0  # LoRA's rank (0: not LoRA)
+    lora_dropout: bool = False  # LoRA applies dropout to its input (it then keeps a mask and its own copy)
+    scaled_inputs: tuple[str, ...] = ()  # IA3's feed-forward modules (it scales their input, not their output)
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (grouped-query attention), the query heads without it."""
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def ffn_size(self) -> int:
+        """The MLP's inner width."""
+        return self.intermediate_size or 4 * self.hidden_size
+
+    @property
+    def n_head(self) -> int:
+        """LM-head parameters (the one linear layer that is not quantized)."""
+        return self.n_matmul - self.n_quantizable
 
     @property
     def sent_tensors(self) -> tuple[int, ...]:
@@ -91,23 +118,50 @@ def forward_flops_per_token(shape: ModelShape, seq_len: int, peft: bool = True) 
         attention_flops_per_token(shape, seq_len)
 
 
-def train_flops_per_token(shape: ModelShape, seq_len: int, peft: bool = True, checkpointing: bool = False) -> float:
+def attention_kernel(shape: ModelShape, attention: str, fp32: bool) -> str:
+    """The kernel a CUDA GPU runs for `training.attention` (`fp32`: attention computes in fp32 -- an fp32 model
+    or a quantized base's fp32 residual stream): eager; sdpa or flash, fused (Dao 2023); or "math", torch's
+    unfused sdpa kernel, which is what sdpa gives fp32 grouped-query attention (its fused kernels take fp32 only
+    without grouped-query attention). transformers' FlashAttention-2 casts fp32 inputs to 16 bits: it stays fused."""
+    if attention == "sdpa" and fp32 and shape.kv_heads < shape.num_heads:
+        return "math"
+    return attention
+
+
+def attention_backward_factor(attention: str = "sdpa") -> float:
+    """Backward FLOPs of attention per forward FLOP: eager and math differentiate their two matmuls (2x); the
+    fused kernels (sdpa, flash; Dao 2023) also recompute the scores QK^T (2.5x), as FlopCounterMode counts them."""
+    return 2.0 if attention in ("eager", "math") else 2.5
+
+
+def recompute_flops_per_token(shape: ModelShape, seq_len: int, peft: bool = True) -> float:
+    """Activation checkpointing's extra forward: every decoder layer again, not the LM head (it is outside the
+    checkpointed layers), and not a layer's last linear when nothing of it is kept for backward (a frozen
+    down_proj: torch's non-reentrant checkpoint stops recomputing once the kept tensors are rebuilt)."""
+    layers = shape.n_matmul - shape.n_head - (shape.n_last_frozen if peft else 0)
+    return 2.0 * layers + (adapter_flops_per_token(shape) if peft else 0.0) + attention_flops_per_token(shape, seq_len)
+
+
+def train_flops_per_token(shape: ModelShape, seq_len: int, peft: bool = True, checkpointing: bool = False,
+                          attention: str = "sdpa") -> float:
     """Forward + backward (+ recomputed forward) FLOPs per trained token; `seq_len` is the number of keys each
     query attends to."""
     attn = attention_flops_per_token(shape, seq_len)
+    back = attention_backward_factor(attention)
     if peft:
         total = 4.0 * shape.n_matmul - 2.0 * shape.n_no_input_grad + adapter_flops_per_token(shape) + \
-            adapter_backward_flops_per_token(shape) + 3.0 * attn
+            adapter_backward_flops_per_token(shape) + (1.0 + back) * attn
         if shape.first_attention_frozen:
-            total -= 2.0 * attn / shape.num_layers
+            total -= back * attn / shape.num_layers
     else:
-        total = 6.0 * shape.n_matmul + 3.0 * attn
+        total = 6.0 * shape.n_matmul + (1.0 + back) * attn
     if checkpointing:
-        total += forward_flops_per_token(shape, seq_len, peft)
+        total += recompute_flops_per_token(shape, seq_len, peft)
     return total
 
 
-def step_flops(shape: ModelShape, batch_size: int, seq_len: int, peft: bool = True, checkpointing: bool = False) -> float:
+def step_flops(shape: ModelShape, batch_size: int, seq_len: int, peft: bool = True, checkpointing: bool = False,
+               attention: str = "sdpa") -> float:
     """FLOPs of one optimizer step on batch_size sequences of seq_len tokens. Prompt and P-tuning prepend
     their virtual tokens (every layer processes them), a prefix adds keys every query attends to; P-tuning's
     prompt encoder (an MLP holding its N_p parameters) runs forward and backward once per sequence."""
@@ -116,7 +170,7 @@ def step_flops(shape: ModelShape, batch_size: int, seq_len: int, peft: bool = Tr
     # the encoder's MLP weights (its N_p less the looked-up virtual-token embeddings) per virtual token
     mlp = shape.n_trainable - shape.virtual_tokens * shape.hidden_size
     encoder = 6.0 * mlp * shape.virtual_tokens if peft and shape.peft_method == "p_tuning" else 0.0
-    return batch_size * (tokens * train_flops_per_token(shape, keys, peft, checkpointing) + encoder)
+    return batch_size * (tokens * train_flops_per_token(shape, keys, peft, checkpointing, attention) + encoder)
 
 
 def zo_step_flops(shape: ModelShape, batch_size: int, seq_len: int) -> float:

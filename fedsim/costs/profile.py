@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.costs import comm, compression, compute, energy, memory
+from fedsim.costs import comm, compression, compute, energy, memory, traced
 from fedsim.costs.compute import ModelShape
 from fedsim.population import MBIT, Population
 from fedsim.scenario.schema import Scenario
@@ -51,6 +51,7 @@ class CostProfile:
     # FLoRA (Wang et al. 2024): what a client downloads is every stack merged so far -- the stacked ranks times
     # the bytes of one rank -- or the dense update of the adapted weights when that is smaller
     stack_bytes: tuple[float, float] | None = None  # (bytes per stacked rank, dense bytes)
+    traced: bool = False  # memory and FLOPs from a cached trace (`fedsim cost --trace`), not the analytic model
 
     @property
     def memory_bytes(self) -> float:
@@ -67,6 +68,7 @@ class CostProfile:
             "memory_bytes": self.memory_bytes,
             "memory_breakdown": self.memory_breakdown,
             "flops_per_client_round": self.flops_per_client,
+            "cost_model": "traced" if self.traced else "analytic",
         }
 
     @property
@@ -85,7 +87,7 @@ def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Popu
                   rank_shape: Callable[[int], ModelShape] | None = None) -> CostProfile:
     """Combine shape, training config and catalog into the run's cost profile; `rank_shape(r)` gives the shape
     at another LoRA rank when clients differ in rank (`fedsim.costs.ranks`)."""
-    from fedsim.costs.ranks import lora_at_rank, rank_caps, rank_choices
+    from fedsim.costs.ranks import lora_at_rank, rank_caps, rank_choices, stack_bytes
 
     t, c = s.training, s.costs
     quants = (s.model.quantization, *[q for q in s.model.fallback_quantization if q != s.model.quantization])
@@ -100,16 +102,26 @@ def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Popu
 
     zo = s.server.strategy == "fedkseed"  # forward-only steps; (seed, scalar) pairs up, K accumulators down
 
+    traces = {} if zo else {q: traced.scenario_trace(s, q) for q in quants}  # cached traces, where there are
+    # a trace of the scenario's own step scales the analytic numbers of the options it did not trace (other ranks,
+    # fallback quantizations), so that every option's memory and FLOPs come from one model
+    mem_scale, flop_scale = traced.calibration(traces.get(s.model.quantization), shape, s)
+
     def breakdown(sh: ModelShape, quant: str) -> dict[str, float]:
         variates = {"control_variates": 2.0 * sh.n_trainable * 4} if payloads == 2 else {}
-        return {**memory.memory_breakdown(sh, t.batch_size, t.seq_len, s.model.dtype, quant, t.optimizer,
-                                          t.gradient_checkpointing, float(cat["runtime_overhead_bytes"]),
-                                          forward_only=zo), **variates}
+        overhead = {"overhead": float(cat["runtime_overhead_bytes"])}
+        hit = traces.get(quant) if sh is shape else None
+        if hit is not None:
+            return {**hit.parts, **overhead, **variates}
+        parts, _ = memory.step_costs(sh, t, s.model.dtype, quant, forward_only=zo)
+        return {**{k: v * mem_scale for k, v in parts.items()}, **overhead, **variates}
 
     def work(sh: ModelShape) -> tuple[float, float, float]:
         if zo:
             return zeroth_work(sh, t)
-        step = compute.step_flops(sh, t.batch_size, t.seq_len, peft=True, checkpointing=t.gradient_checkpointing)
+        hit = traces.get(s.model.quantization) if sh is shape else None
+        step = hit.flops if hit is not None else \
+            memory.step_costs(sh, t, s.model.dtype, s.model.quantization)[1] * flop_scale
         tensors = list(sh.sent_tensors) or [sh.n_sent]
         return (step * t.local_steps, payloads * comm.payload_bytes(sh.n_sent, c.transmit_dtype),
                 payloads * compression.upload_bytes(tensors, c.transmit_dtype, c.upload_compression, c.topk_fraction))
@@ -141,7 +153,8 @@ def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Popu
         option_up=np.array([by_rank[r][2] for _, r in options]),
         rank_cap=rank_caps(s.peft, pop.device, pop.device_names, pop.flops) if len(choices) > 1 else None,
         base_ranks=counted,
-        stack_bytes=_stack_bytes(shape, s) if s.peft.federation == "flora" else None,
+        stack_bytes=stack_bytes(shape, s) if s.peft.federation == "flora" else None,
+        traced=traces.get(s.model.quantization) is not None,
     )
 
 
@@ -155,17 +168,6 @@ def zeroth_work(shape: ModelShape, t) -> tuple[float, float, float]:
     flops = compute.zo_step_flops(shape, t.batch_size, t.seq_len) * t.local_steps + \
         2.0 * t.zo_pool_size * shape.n_trainable
     return flops, 4.0 * t.zo_pool_size, float(t.local_steps * PAIR_DTYPE.itemsize)
-
-
-def _stack_bytes(shape: ModelShape, s: Scenario) -> tuple[float, float]:
-    """FLoRA's download units: bytes of one stacked rank (A row + B column of every adapted module) and of the
-    dense update (out x in per module). LoRA's tensors come in (A, B) pairs in name order, A of r x in, B of
-    out x r."""
-    sizes, r = shape.trainable_tensors, s.peft.r
-    pairs = list(zip(sizes[0::2], sizes[1::2]))
-    per_rank = sum(a + b for a, b in pairs) / r
-    dense = sum((a / r) * (b / r) for a, b in pairs)
-    return (comm.payload_bytes(per_rank, s.costs.transmit_dtype), comm.payload_bytes(dense, s.costs.transmit_dtype))
 
 
 def scenario_costs(s: Scenario, model: str | None = None) -> tuple[dict[str, Any], Population, CostProfile]:

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from fedsim.costs import comm
 from fedsim.errors import ConfigError
 from fedsim.scenario.schema import PeftConfig, Scenario
 
@@ -81,7 +82,8 @@ def lora_at_rank(shape, rank: int, r: int):
     """The ModelShape of the same LoRA adapter at rank `r` from its shape at rank `rank`: every A (rank x in) and
     B (out x rank) scales by r / rank exactly (used for self-pruned ranks; the rank choices are counted by peft)."""
     tensors = tuple(n // rank * r for n in shape.trainable_tensors)
-    return dataclasses.replace(shape, trainable_tensors=tensors, n_trainable=sum(tensors), shared_tensors=None)
+    return dataclasses.replace(shape, trainable_tensors=tensors, n_trainable=sum(tensors), shared_tensors=None,
+                               rank=r)
 
 
 def check(s: Scenario) -> None:
@@ -140,3 +142,14 @@ def check(s: Scenario) -> None:
         raise ConfigError("server.schedule", "HetLoRA's zero padding shrinks the global's higher components by a "
                                              "client's weight; from a stale version that is not defined (Cho et al. "
                                              "2024 run sync rounds)")
+
+
+def stack_bytes(shape, s: Scenario) -> tuple[float, float]:
+    """FLoRA's download units: bytes of one stacked rank (A row + B column of every adapted module) and of the
+    dense update (out x in per module). LoRA's tensors come in (A, B) pairs in name order, A of r x in, B of
+    out x r."""
+    sizes, r = shape.trainable_tensors, s.peft.r
+    pairs = list(zip(sizes[0::2], sizes[1::2]))
+    per_rank = sum(a + b for a, b in pairs) / r
+    dense = sum((a / r) * (b / r) for a, b in pairs)
+    return (comm.payload_bytes(per_rank, s.costs.transmit_dtype), comm.payload_bytes(dense, s.costs.transmit_dtype))

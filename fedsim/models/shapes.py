@@ -87,6 +87,7 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig, name: str = "the model"
                                                  "layers; a LoRA embedding adapter is not simulated")
     frozen = freeze_for_federation(peft_model, peft_cfg)
     skip, attn_frozen = _frozen_first_layer(first, peft_model)
+    adapted, last_frozen = _adapted(first, peft_model, int(hf.num_hidden_layers))
     n_trainable, _ = peft_model.get_nb_trainable_parameters()
     tensors = tuple(int(p.numel()) for _, p in sorted(peft_model.named_parameters()) if p.requires_grad)
     heads = hf.num_attention_heads
@@ -104,6 +105,14 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig, name: str = "the model"
         trainable_tensors=tensors,
         n_no_input_grad=skip,
         first_attention_frozen=attn_frozen,
+        num_kv_heads=int(getattr(hf, "num_key_value_heads", None) or heads),
+        intermediate_size=int(getattr(hf, "intermediate_size", None) or 0),
+        adapted=adapted,
+        quant_rows=int(sum(m.out_features for m in linears if m is not head)),
+        n_last_frozen=last_frozen,
+        rank=peft_cfg.r if peft_cfg.method == "lora" else 0,
+        lora_dropout=peft_cfg.method == "lora" and peft_cfg.dropout > 0,
+        scaled_inputs=_scaled_inputs(peft_model, adapted),
         peft_method=peft_cfg.method,
         virtual_tokens=peft_cfg.num_virtual_tokens if peft_cfg.method in PROMPT_METHODS else 0,
         n_adapter_frozen=frozen,
@@ -188,6 +197,30 @@ def _first_layer_linears(model) -> dict[str, int]:
     return {}
 
 
+def _adapted(first: dict[str, int], peft_model, num_layers: int) -> tuple[tuple[str, ...], int]:
+    """(the first layer's modules whose adapter keeps its input for backward -- a trained LoRA A, an IA3
+    vector --, the parameters of every layer's last linear when nothing adapts it: checkpointing's recompute
+    stops before it, as nothing of it is kept)."""
+    adapted, touched = set(), set()
+    for name, param in peft_model.named_parameters():
+        if ".layers.0." not in name:
+            continue
+        parts = name.split(".")
+        owners = [parts[i - 1] for i, part in enumerate(parts) if part.startswith(("lora_", "ia3_"))]
+        touched.update(owners)
+        if param.requires_grad and not any(p == "lora_B" for p in parts):
+            adapted.update(owners)
+    last = list(first)[-1] if first else None
+    return tuple(sorted(adapted)), (first[last] * num_layers if last and last not in touched else 0)
+
+
+def _scaled_inputs(peft_model, adapted: tuple[str, ...]) -> tuple[str, ...]:
+    """IA3's feed-forward modules among the adapted ones: it scales their input (the others' output)."""
+    ff = getattr(peft_model.peft_config["default"], "feedforward_modules", None) or ()
+    ff = [ff] if isinstance(ff, str) else list(ff)
+    return tuple(m for m in adapted if any(m == f or m.endswith(f) for f in ff))
+
+
 def _frozen_first_layer(first: dict[str, int], peft_model) -> tuple[int, bool]:
     """Which first-layer linears get no input gradient under PEFT (their input depends on nothing trainable)."""
     known = set(_ATTN_IN + _ATTN_OUT + _MLP_IN + _MLP_OUT)
@@ -221,7 +254,7 @@ def model_shape(name: str, peft_cfg: PeftConfig) -> ModelShape:
     A `peft.target_modules` that names no module of the model is a ConfigError on that key (never cached).
     """
     config = hf_config_dict(name)
-    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 7})
+    key = digest({"config": config, "peft": dataclasses.asdict(peft_cfg), "v": 10})
     path = cache_dir("shapes") / f"{key}.json"
     if path.is_file():
         data = json.loads(path.read_text())
