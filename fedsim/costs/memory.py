@@ -16,9 +16,9 @@ from __future__ import annotations
 from fedsim.costs.compute import ModelShape, attention_kernel, step_flops
 
 DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
-# Quantized weight bytes per parameter, constants included: LLM.int8 (Dettmers et al. 2022) stores int8 codes and
-# one fp32 scale per output row (`int8_bytes`); NF4 with double quantization (Dettmers et al. 2023, QLoRA) packs
-# two 4-bit codes per byte, an 8-bit absmax per 64 weights and an fp32 constant per 256 blocks: ~4.127 bits.
+# Quantized weight bytes per parameter: LLM.int8 (Dettmers et al. 2022) stores int8 codes and one fp32 scale per
+# output row (`weight_bytes` adds the scales); NF4 with double quantization (Dettmers et al. 2023, QLoRA) packs two
+# 4-bit codes per byte, an 8-bit absmax per 64 weights and an fp32 constant per 256 blocks: ~4.127 bits.
 QUANT_BYTES = {"int8": 1.0, "nf4": 0.5 + 1 / 64 + 4 / (64 * 256)}
 # Optimizer state per trained parameter: AdamW's two fp32 moments; bitsandbytes' 8-bit AdamW (Dettmers et al.
 # 2022, "8-bit Optimizers via Block-wise Quantization"): two uint8 moments + two fp32 absmax per 2,048 values
@@ -170,7 +170,9 @@ def memory_breakdown(
     loss_chunks: int = 8,
 ) -> dict[str, float]:
     """Bytes per part of one client's peak training memory (a step after the first: the optimizer state exists);
-    their sum is the peak. `forward_only`: a zeroth-order step (FedKSeed, Qin et al. 2024) keeps no gradients,
+    their sum is the peak. `peft=False` (full fine-tuning) books the weights, gradients and optimizer of every
+    parameter but still counts activations as a frozen base keeps them (an underestimate: trained linear layers
+    also keep their inputs). `forward_only`: a zeroth-order step (FedKSeed, Qin et al. 2024) keeps no gradients,
     no optimizer state and no activations for a backward, but a copy of the trained parameters and one
     perturbation vector z (fp32 each)."""
     trained = shape.n_trainable if peft else shape.n_params
