@@ -24,6 +24,9 @@ class TraceSetup:
     training: TrainingConfig
     dtype: str = "bfloat16"
     quantization: str = "none"  # none, int8, nf4
+    # the device whose kernel choices the trace makes: cuda (what fedsim's budgets stand for) or cpu (to hold the
+    # trace against a real CPU step: sdpa's fused CPU kernel takes fp32 grouped-query attention, CUDA's does not)
+    device: str = "cuda"
 
     def key(self) -> str:
         """Cache key: everything that changes the step (not lr, local_steps, seeds...)."""
@@ -31,7 +34,8 @@ class TraceSetup:
         step = {k: getattr(t, k) for k in ("batch_size", "seq_len", "optimizer", "gradient_checkpointing",
                                            "attention", "loss", "loss_chunks", "master_weights")}
         return digest({"config": self.config, "peft": dataclasses.asdict(self.peft), "step": step,
-                       "dtype": self.dtype, "quantization": self.quantization, "v": TRACE_VERSION,
+                       "dtype": self.dtype, "quantization": self.quantization, "device": self.device,
+                       "v": TRACE_VERSION,
                        "libraries": library_versions()})
 
 

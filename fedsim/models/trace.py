@@ -112,7 +112,8 @@ def _cuda_attention_kernels(setup: TraceSetup):
     grouped = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) < cfg["num_attention_heads"]
     fp32 = setup.dtype == "float32" or setup.quantization != "none"
     sdpa = setup.training.attention == "sdpa"  # FlashAttention-2 casts fp32 inputs to 16 bits and stays fused
-    return sdpa_kernel(SDPBackend.MATH) if sdpa and grouped and fp32 else contextlib.nullcontext()
+    cuda = setup.device == "cuda"  # a trace standing for a CPU run keeps the CPU's own choice
+    return sdpa_kernel(SDPBackend.MATH) if cuda and sdpa and grouped and fp32 else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

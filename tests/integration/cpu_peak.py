@@ -26,7 +26,8 @@ def _status(key: str) -> int:
 
 def measure(spec: dict) -> dict:
     """Trace and measure one setup (see the module docstring)."""
-    setup = TraceSetup(spec["config"], PeftConfig(**spec["peft"]), TrainingConfig(**spec["training"]), spec["dtype"])
+    setup = TraceSetup(spec["config"], PeftConfig(**spec["peft"]), TrainingConfig(**spec["training"]), spec["dtype"],
+                       device="cpu")  # the kernels this CPU runs
     traced = trace_step(setup)
     torch.manual_seed(0)
     model = build_model(setup, device="cpu")

@@ -104,9 +104,9 @@ def test_traced_peak_matches_a_measured_cpu_step():
     outs.append((last.stdout, last.stderr, last.returncode))
     assert all(code == 0 for _, _, code in outs), [err[-2000:] for _, err, _ in outs]
     rows = [json.loads(line) for out, _, _ in outs for line in out.strip().splitlines()]
-    for r in rows:  # the acceptance: the whole peak within 15%; the step's own bytes (no weights) within 25%
+    for r in rows:  # the whole peak within 15%, and the step's own bytes (no weights, adapter or state) too
         assert r["traced"] == pytest.approx(r["measured"], rel=0.15), rows
-        assert r["traced_step"] == pytest.approx(r["measured_step"], rel=0.25), rows
+        assert r["traced_step"] == pytest.approx(r["measured_step"], rel=0.15), rows
 
 
 def test_cost_trace_prints_caches_and_feeds_estimates(tmp_path, capsys, monkeypatch):
