@@ -63,7 +63,18 @@ def _built(setup: TraceSetup):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.02)
+        reset_rotary(model)
     return make_step(model, setup)
+
+
+def reset_rotary(model) -> None:
+    """Give the rotary embeddings their frequencies again (`materialize` leaves buffers uninitialised; the
+    README's runs predate this: their memory is unaffected, their arithmetic ran on arbitrary angles)."""
+    for m in model.modules():
+        if type(m).__name__.endswith("RotaryEmbedding"):
+            fresh = type(m)(m.config)
+            for name, buf in fresh.named_buffers(recurse=False):
+                getattr(m, name).copy_(buf)
 
 
 def _loaded(setup: TraceSetup, where: str):

@@ -222,15 +222,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fedsim.scenario import load
 
         scenario = load(args.scenario, args.overrides)
-        traced = None
+        cost = (scenario, args.device, args.network, args.gpus, args.zero, args.offload)
+        report = client_cost(*cost)  # every input checked (one line each) before a trace starts
         if args.trace:
             from fedsim.costs.traced import scenario_setup
             from fedsim.models.trace import trace
 
             traced = trace(scenario_setup(scenario))
-        report = client_cost(scenario, args.device, args.network, args.gpus, args.zero, args.offload)
-        if traced is not None:
-            report["trace"] = traced.as_dict()
+            report = {**client_cost(*cost), "trace": traced.as_dict()}
         print(json.dumps(report, indent=2)) if args.json else _print_cost(report)
         return 0
     if args.command == "estimate":

@@ -21,8 +21,18 @@ DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
 # 4-bit codes per byte, an 8-bit absmax per 64 weights and an fp32 constant per 256 blocks: ~4.127 bits.
 QUANT_BYTES = {"int8": 1.0, "nf4": 0.5 + 1 / 64 + 4 / (64 * 256)}
 # Optimizer state per trained parameter: AdamW's two fp32 moments; bitsandbytes' 8-bit AdamW (Dettmers et al.
-# 2022, "8-bit Optimizers via Block-wise Quantization"): two uint8 moments + two fp32 absmax per 2,048 values
-OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0 + 8.0 / 2048, "sgd": 0.0}
+# 2022, "8-bit Optimizers via Block-wise Quantization"): two uint8 moments + two fp32 absmax per block (the paper's
+# 2,048; bitsandbytes 0.50 uses 256), for tensors of at least 4,096 values -- smaller ones keep fp32 moments
+OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0 + 8.0 / 256, "sgd": 0.0}
+ADAM8_MIN_VALUES = 4096
+
+
+def optimizer_bytes(shape: ModelShape, optimizer: str, trained: int) -> float:
+    """Optimizer state of the `trained` parameters (8-bit AdamW: tensor by tensor, see OPTIMIZER_BYTES)."""
+    if optimizer != "adamw8bit":
+        return trained * OPTIMIZER_BYTES[optimizer]
+    sizes = shape.trainable_tensors if shape.trainable_tensors and trained == shape.n_trainable else (trained,)
+    return sum(n * (OPTIMIZER_BYTES["adamw8bit"] if n >= ADAM8_MIN_VALUES else 8.0) for n in sizes)
 _QKV, _GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
 
 
@@ -190,7 +200,7 @@ def memory_breakdown(
         "weights": weights,
         "trainable": (trained + (shape.n_adapter_frozen if peft else 0)) * adapter,
         "gradients": trained * adapter if not acts["logits/loss"] else 0.0,  # freed after each step
-        "optimizer": trained * OPTIMIZER_BYTES[optimizer] + master,
+        "optimizer": optimizer_bytes(shape, optimizer, trained) + master,
         **acts,
         "overhead": float(overhead_bytes),
     }

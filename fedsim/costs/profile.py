@@ -116,21 +116,20 @@ def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Popu
         parts, _ = memory.step_costs(sh, t, s.model.dtype, quant, forward_only=zo)
         return {**{k: v * mem_scale for k, v in parts.items()}, **overhead, **variates}
 
-    def work(sh: ModelShape) -> tuple[float, float, float]:
+    def work(sh: ModelShape, quant: str) -> tuple[float, float, float]:
         if zo:
             return zeroth_work(sh, t)
-        hit = traces.get(s.model.quantization) if sh is shape else None
-        step = hit.flops if hit is not None else \
-            memory.step_costs(sh, t, s.model.dtype, s.model.quantization)[1] * flop_scale
+        hit = traces.get(quant) if sh is shape else None
+        step = hit.flops if hit is not None else memory.step_costs(sh, t, s.model.dtype, quant)[1] * flop_scale
         tensors = list(sh.sent_tensors) or [sh.n_sent]
         return (step * t.local_steps, payloads * comm.payload_bytes(sh.n_sent, c.transmit_dtype),
                 payloads * compression.upload_bytes(tensors, c.transmit_dtype, c.upload_compression, c.topk_fraction))
 
     options = [(q, r) for q in quants for r in choices]
-    by_rank = {r: work(sh) for r, sh in shapes.items()}
+    by_option = {(q, r): work(shapes[r], q) for q, r in options}  # a quantized base may change the kernel
     nets = [cat["networks"][n] for n in pop.network_names]
     sa = s.privacy.secagg
-    flops, down, up = by_rank[s.peft.r]
+    flops, down, up = by_option[(s.model.quantization, s.peft.r)]
     return CostProfile(
         shape=shape,
         flops_per_client=flops,
@@ -148,9 +147,9 @@ def build_profile(s: Scenario, shape: ModelShape, cat: dict[str, Any], pop: Popu
         secagg={**{k: float(v) for k, v in cat["secagg"].items() if k != "source"}, "bits": float(sa.bits),
                 "numel": float(shape.n_sent)} if sa.enabled else None,
         ranks=tuple(r for _, r in options),
-        option_flops=np.array([by_rank[r][0] for _, r in options]),
-        option_down=np.array([by_rank[r][1] for _, r in options]),
-        option_up=np.array([by_rank[r][2] for _, r in options]),
+        option_flops=np.array([by_option[o][0] for o in options]),
+        option_down=np.array([by_option[o][1] for o in options]),
+        option_up=np.array([by_option[o][2] for o in options]),
         rank_cap=rank_caps(s.peft, pop.device, pop.device_names, pop.flops) if len(choices) > 1 else None,
         base_ranks=counted,
         stack_bytes=stack_bytes(shape, s) if s.peft.federation == "flora" else None,

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from fedsim.paths import cache_dir, digest
 from fedsim.scenario.schema import PeftConfig, TrainingConfig
@@ -35,7 +36,7 @@ class TraceSetup:
                                            "attention", "loss", "loss_chunks", "master_weights")}
         return digest({"config": self.config, "peft": dataclasses.asdict(self.peft), "step": step,
                        "dtype": self.dtype, "quantization": self.quantization, "device": self.device,
-                       "v": TRACE_VERSION,
+                       "v": TRACE_VERSION, "code": code_digest(),
                        "libraries": library_versions()})
 
 
@@ -64,6 +65,16 @@ def calibration(hit: TraceResult | None, shape, s) -> tuple[float, float]:
 
     parts, flops = step_costs(shape, s.training, s.model.dtype, s.model.quantization)
     return hit.peak_bytes / sum(parts.values()), hit.flops / flops
+
+
+_TRACE_CODE = ("models/trace.py", "models/standins.py", "models/memtrack.py", "models/loss.py", "models/local.py")
+
+
+@functools.cache
+def code_digest() -> str:
+    """A digest of fedsim's own tracing code (in the cache key: a trace made by older code is not reused)."""
+    root = Path(__file__).resolve().parent.parent
+    return digest([(root / name).read_bytes().hex() for name in _TRACE_CODE])
 
 
 @functools.cache

@@ -7,8 +7,8 @@
   backward dequantize the weight into one temporary in the compute dtype and keep nothing else for backward,
   as bitsandbytes' MatMul4Bit/MatMul8bitLt do for a frozen weight.
 - `Adam8bitState`: bitsandbytes' 8-bit AdamW state (Dettmers et al. 2022, "8-bit Optimizers via Block-wise
-  Quantization"): two uint8 moments per value and an fp32 absmax per block of 2,048 for each tensor of at least
-  4,096 values; smaller tensors keep fp32 moments.
+  Quantization"): two uint8 moments per value and two fp32 absmax per block (256 values in bitsandbytes 0.50;
+  the paper's 2,048) for each tensor of at least 4,096 values; smaller tensors keep fp32 moments.
 - `register_cpu_attention_flops`: torch's fused CPU attention kernel counted as FlopCounterMode counts the
   CUDA flash kernel, so a trace made on CPU counts what a GPU does.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-NF4_BLOCK, NF4_BLOCK2, ADAM8_BLOCK, ADAM8_MIN = 64, 256, 2048, 4096
+NF4_BLOCK, NF4_BLOCK2, ADAM8_BLOCK, ADAM8_MIN = 64, 256, 256, 4096  # bitsandbytes 0.50's optimizer block: 256
 
 
 class _Dequantized(torch.autograd.Function):

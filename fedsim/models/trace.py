@@ -11,7 +11,7 @@ and library versions, and `fedsim cost` and estimate mode use a cached trace whe
 What the trace cannot see, it stands in for, with the same bytes: bitsandbytes' quantized linear layers
 (`QuantLinear`: LLM.int8's int8 weight with one fp32 scale per row, Dettmers et al. 2022; NF4 with double
 quantization, Dettmers et al. 2023: 4-bit codes, an 8-bit absmax per 64 weights and an fp32 constant per 256 of
-those), its 8-bit AdamW (`Adam8bitState`: two uint8 moments and an fp32 absmax per 2,048 values), and
+those), its 8-bit AdamW (`Adam8bitState`: two uint8 moments and fp32 absmax per 256 values), and
 FlashAttention-2 (torch's fused CPU attention kernel has its memory and FLOP signature: output and log-sum-exp
 saved, scores recomputed in backward), and the kernel CUDA picks for sdpa (`_cuda_attention_kernels`).
 """
@@ -186,7 +186,8 @@ def _memory_pass(model, setup: TraceSetup):
     hooks += track_layers(tracker, _decoder_layers(model), model.get_base_model().get_output_embeddings())
     t = setup.training
     flops = []
-    with tracker:
+    with contextlib.ExitStack() as cleanup, tracker:
+        cleanup.callback(lambda: [h.remove() for h in hooks])
         ids = torch.zeros(t.batch_size, t.seq_len, dtype=torch.long)
         for i in range(2):
             if i == 1:  # the peak is the second step's: FlopCounterMode decomposes some ops (silu_backward)
@@ -201,8 +202,6 @@ def _memory_pass(model, setup: TraceSetup):
                 del loss
             if counter is not None:
                 flops.append(counter.get_total_flops())
-    for h in hooks:
-        h.remove()
     parts, layers = tracker.breakdown()
     return parts, layers, tracker.peak, tracker.peak_phase, (float(flops[0]), float(flops[1]))
 

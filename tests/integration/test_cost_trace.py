@@ -124,8 +124,8 @@ def test_cost_trace_prints_caches_and_feeds_estimates(tmp_path, capsys, monkeypa
     # memory and FLOPs now come from the trace, beside the analytic parts; the device's implied tokens/s too
     assert traced["memory_bytes"] == pytest.approx(traced["trace"]["peak_bytes"] + 3e8)
     assert traced["flops_per_step"] == traced["trace"]["flops"]
-    dev = traced["device"]  # the implied throughput runs the round's tokens in its compute time
-    assert dev["tokens_per_s"] * dev["t_compute_s"] == pytest.approx(5 * 2 * 256)  # local_steps x batch x seq
+    dev = traced["device"]  # the implied throughput: the catalog's 165.2 TFLOP/s x 30% over the traced FLOPs/token
+    assert dev["tokens_per_s"] == pytest.approx(165.2e12 * 0.30 / traced["flops_per_token"])
     assert dev["tokens_per_s"] == pytest.approx(before["device"]["tokens_per_s"], rel=0.05)  # analytic ~ traced
     # cached: a plain `fedsim cost` (and estimate mode, through the same profile) reads it without tracing
     assert main(["cost", *scenario, "--device", "gpu-workstation", "--json"]) == 0
@@ -134,6 +134,17 @@ def test_cost_trace_prints_caches_and_feeds_estimates(tmp_path, capsys, monkeypa
     assert main(["cost", *scenario, "--device", "gpu-workstation", "--trace"]) == 0
     printed = capsys.readouterr().out
     assert "traced step" in printed and "activations by layer" in printed and "implied throughput" in printed
+    # estimate mode books the traced memory and FLOPs too, without importing torch
+    sets = scenario[2::2]  # the values of the --set options
+    overrides, out_dir = [*sets, "server.rounds=2"], str(tmp_path / "est")
+    code = (f"import sys, json, fedsim; r = fedsim.estimate('scenarios/quickstart.yaml', overrides={overrides!r}, "
+            f"out={out_dir!r}); print(json.dumps([r.summary['cost_model'], r.summary['memory_bytes'], "
+            "'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "FEDSIM_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    model, memory_bytes, torch_loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert model == "traced" and memory_bytes == traced["memory_bytes"] and not torch_loaded
 
 
 def test_trace_refuses_a_zeroth_order_step(capsys):

@@ -60,8 +60,12 @@ def test_memory_parts():
     assert memory.weight_bytes(SHAPE, "bfloat16", "nf4") == pytest.approx(600 * (4 + 8 / 64 + 32 / 16384) / 8 + 400 * 4)
     assert memory.weight_bytes(SHAPE, "float16", "int8") == 600 * 1 + 30 * 4 + 400 * 4
     assert memory.memory_breakdown(SHAPE, 2, 8, optimizer="sgd")["optimizer"] == 0
-    assert memory.memory_breakdown(SHAPE, 2, 8, optimizer="adamw8bit")["optimizer"] == pytest.approx(
-        10 * (2 + 8 / 2048))
+    # 8-bit AdamW: uint8 moments + fp32 absmax per 256 values for a tensor of >= 4,096 values, fp32 moments for
+    # smaller ones (SHAPE's 10 parameters)
+    assert memory.memory_breakdown(SHAPE, 2, 8, optimizer="adamw8bit")["optimizer"] == 10 * 8
+    two = dataclasses.replace(SHAPE, n_trainable=5100, trainable_tensors=(5000, 100))
+    assert memory.memory_breakdown(two, 2, 8, optimizer="adamw8bit")["optimizer"] == pytest.approx(
+        5000 * (2 + 8 / 256) + 100 * 8)
     # bf16 with master weights: 2-byte adapter, its gradient, and an fp32 master copy beside the AdamW moments
     mw = memory.memory_breakdown(SHAPE, 2, 8, dtype="bfloat16", master_weights=True)
     assert mw["trainable"] == 20 and mw["optimizer"] == 80 + 40
