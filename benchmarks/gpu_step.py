@@ -79,14 +79,13 @@ def reset_rotary(model) -> None:
 
 def _loaded(setup: TraceSetup, where: str):
     """The step on a model the worker's loader loads (bitsandbytes base) from a random checkpoint in `where`."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from fedsim.models.device import Placement
     from fedsim.models.local import TorchStep, load_local_model
+    from fedsim.models.shapes import hf_config
 
-    cfg = dict(setup.config)
-    hf = AutoConfig.for_model(cfg.pop("model_type"), **{k: v for k, v in cfg.items() if k != "architectures"})
-    AutoModelForCausalLM.from_config(hf, dtype=torch.bfloat16).save_pretrained(where)
+    AutoModelForCausalLM.from_config(hf_config(setup.config), dtype=torch.bfloat16).save_pretrained(where)
     t = setup.training
     placement = Placement("cuda", "bfloat16", setup.quantization, (), t.attention, t.optimizer, t.master_weights)
     lm = load_local_model(where, setup.peft, "bfloat16", t.gradient_checkpointing, placement)

@@ -170,18 +170,29 @@ def load_local_model(model_dir: str, peft_cfg: PeftConfig, dtype: str = "float32
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif checkpointing:
-        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(base)
     model = get_peft_model(base, peft_config(peft_cfg), autocast_adapter_dtype=not where.master_weights)
     freeze_for_federation(model, peft_cfg)  # FFA-LoRA: A stays at its seeded initialisation, identical everywhere
     if where.quantization == "none":  # a bitsandbytes base is placed on its GPU as it loads
         model.to(where.device)
+    return local_model(model, where.device, where.master_weights)
+
+
+def enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer (transformers >= 5 renamed the call)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def local_model(model, device: str, master_weights: bool) -> LocalModel:
+    """`model`'s trained parameters in name order, with fp32 masters when `master_weights` asks and they are not
+    fp32 already (`master_copies`)."""
     named = sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
     params = [p for _, p in named]
-    return LocalModel(model, [n for n, _ in named], params, where.device,
-                      master_copies(params) if where.master_weights else None)
+    return LocalModel(model, [n for n, _ in named], params, device, master_copies(params) if master_weights else None)
 
 
 def master_copies(params: list) -> list | None:

@@ -29,6 +29,14 @@ def hf_config_dict(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def hf_config(config: dict[str, Any]):
+    """A config dict (`hf_config_dict`) as the transformers config object of its model type."""
+    from transformers import AutoConfig
+
+    cfg = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+    return AutoConfig.for_model(config["model_type"], **cfg)
+
+
 PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")  # virtual tokens, no module targets
 
 
@@ -61,12 +69,9 @@ def _count(config: dict[str, Any], peft_cfg: PeftConfig, name: str = "the model"
     quiet_libraries()
     import torch
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    cfg = dict(config)
-    model_type = cfg.pop("model_type")
-    cfg.pop("architectures", None)
-    hf = AutoConfig.for_model(model_type, **cfg)
+    hf = hf_config(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf)
     n_params = sum(p.numel() for p in model.parameters())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
 
 import torch
 
@@ -64,22 +63,18 @@ def build_model(setup: TraceSetup, device: str = "meta"):
     """The PEFT-wrapped causal LM of `setup`, as fedsim's worker prepares it (`fedsim.models.local`), with
     stand-ins for a quantized base; on `meta` (for tracing) or `cpu` (random weights, for measuring)."""
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from fedsim.models.shapes import freeze_for_federation, peft_config
+    from fedsim.models.local import enable_checkpointing
+    from fedsim.models.shapes import freeze_for_federation, hf_config, peft_config
 
-    cfg = dict(setup.config)
-    hf = AutoConfig.for_model(cfg.pop("model_type"), **{k: v for k, v in cfg.items() if k != "architectures"})
+    hf = hf_config(setup.config)
     hf.use_cache = False
     attn = "eager" if setup.training.attention == "eager" else "sdpa"  # flash: the fused kernel's signature
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(hf, dtype=getattr(torch, setup.dtype), attn_implementation=attn)
     if setup.training.gradient_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(model)
     quantized = setup.quantization != "none"
     # peft adds an fp32 adapter to a bitsandbytes layer whatever autocast says (its weight is not a float)
     model = get_peft_model(model, peft_config(setup.peft),
@@ -246,19 +241,11 @@ def _step(step, loss, tracker) -> None:
 def make_step(model, setup: TraceSetup):
     """The worker's local step (`fedsim.models.local.TorchStep`: its loss, backward, optimizer and fp32 masters)
     on `model`, keeping the model's weights; 8-bit AdamW's state is stood in for where bitsandbytes cannot run."""
-    from fedsim.models.local import LocalModel, TorchStep, master_copies
+    from fedsim.models.local import TorchStep, local_model
     from fedsim.models.standins import Adam8bitState
 
-    named = sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
-    params = [p for _, p in named]
-    lm = LocalModel(model, [n for n, _ in named], params, "cpu",
-                    master_copies(params) if setup.training.master_weights else None)
-    step = TorchStep(lm, setup.training, None)
+    step = TorchStep(local_model(model, "cpu", setup.training.master_weights), setup.training, None)
     if setup.training.optimizer == "adamw8bit" and type(step.opt).__module__.startswith("torch"):
         step.opt = Adam8bitState(step.targets, lr=setup.training.lr)
     return step
 
-
-def describe(result: TraceResult) -> dict[str, Any]:
-    """The trace as `fedsim cost --trace` prints and `--json` writes it."""
-    return result.as_dict()
